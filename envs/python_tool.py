@@ -1,0 +1,71 @@
+"""``agentrl/PythonTool-v0``: ReTool-style math with a Python interpreter.
+
+The model writes ``<code>```python ...```</code>``, the sandbox runs it in a session that keeps
+its variables for the episode, and the output comes back as ``<interpreter>...</interpreter>``.
+The episode ends at ``<answer>`` (or ``\\boxed{}``); reward 1 for a mathematically equal answer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from agentrl.data import load_jsonl
+from agentrl.env import ToolEnv
+from agentrl.parsers import retool_parser
+from agentrl.rewards import math_equal
+from agentrl.tools import PythonTool
+
+SYSTEM_PROMPT = (
+    "Solve the problem. You may run Python by writing <code>```python\n...\n```</code>; "
+    "its output comes back in <interpreter></interpreter>. "
+    "Give the final answer as <answer>...</answer>."
+)
+DEFAULT_DATASET = "package:mul4_train.jsonl"
+
+
+class PythonToolEnv(ToolEnv):
+    def __init__(
+        self,
+        dataset: str | Sequence[dict] = DEFAULT_DATASET,
+        sandbox="local",
+        max_turns: int = 4,
+        timeout_s: float = 5.0,
+        memory_mb: int = 512,
+        max_output_chars: int = 2000,
+        format_reward: float = 0.0,
+        tool_call_reward: float = 0.0,
+        system_prompt: str = SYSTEM_PROMPT,
+        limit: int | None = None,
+        render_mode: str | None = None,
+    ):
+        tasks = load_jsonl(dataset, limit=limit, require=("question", "answer")) if isinstance(dataset, str) else list(dataset)
+        if isinstance(sandbox, str):
+            from agentrl.sandbox import make_sandbox
+
+            sandbox, self._owns_sandbox = make_sandbox(sandbox), True
+        else:
+            self._owns_sandbox = False
+        self.sandbox = sandbox
+        tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
+        super().__init__(tasks, [tool], retool_parser(), max_turns=max_turns, render_mode=render_mode)
+        self.system_prompt = system_prompt
+        self.format_reward = format_reward
+        self.tool_call_reward = tool_call_reward
+
+    def build_prompt(self, task: dict) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": task["question"]}]
+
+    def score(self, answer: str | None, task: dict) -> dict[str, float]:
+        correct = float(math_equal(answer, str(task["answer"])))
+        components = {"correct": correct}
+        if self.format_reward:
+            components["format"] = self.format_reward * float(answer is not None)
+        return components
+
+    def turn_reward(self, turn, outputs) -> float:
+        ran = any(not o.startswith("Error:") for o in outputs) and bool(turn.calls)
+        return self.tool_call_reward * float(ran)
+
+    def close(self) -> None:
+        super().close()
+        if self._owns_sandbox:
+            self.sandbox.close()
