@@ -38,3 +38,16 @@ def load_env_plugins() -> None:
 
 def registered_env_ids(all_namespaces: bool = False) -> list[str]:
     return sorted(k for k, spec in gym.registry.items() if all_namespaces or spec.namespace == NAMESPACE or k.startswith(NAMESPACE + "/"))
+
+
+def add_cli_args(parser) -> None:
+    parser.add_argument("--all", action="store_true", help="include gymnasium's own environments")
+
+
+def cli_main(args) -> int:
+    import gymnasium as gym
+
+    load_env_plugins()
+    for env_id in registered_env_ids(args.all):
+        print(f"{env_id:<32} {gym.registry[env_id].entry_point}")
+    return 0
