@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 
 from agentrl.parsers import ToolCallParser
-from agentrl.tools import Tool
+from agentrl.tools import Tool, tool_schema
 from agentrl.types import ParsedTurn
 
 
@@ -88,6 +88,21 @@ class ToolEnv(gym.Env):
     @property
     def stop_strings(self) -> tuple[str, ...]:
         return self.parser.stop_strings
+
+    @property
+    def chat_observations(self) -> bool:
+        """True when the collector should wrap observations in the chat template's tool turn."""
+        return getattr(self.parser, "chat", False)
+
+    @property
+    def tool_schemas(self) -> list[dict]:
+        """Function schemas for chat templates that render a tool list (chat formats only)."""
+        return [tool_schema(t) for t in self.tools.values()] if self.chat_observations else []
+
+    def truncate(self) -> tuple[float, dict[str, float]]:
+        """Score the episode when the collector cuts it (token limit): no final answer."""
+        components = self.score(None, self.task)
+        return sum(v for k, v in components.items() if not k.startswith("_")), components
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

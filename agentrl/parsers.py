@@ -119,16 +119,18 @@ def autorefine_parser(**kw) -> TagParser:
 class HermesParser:
     """Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 
-    Observations are ``<tool_response>`` blocks; in chat formats the collector wraps them in the
-    template's tool-message tokens.
+    With ``chat=True`` (the default) the observation is the plain tool output and the collector
+    wraps it in the chat template's tool turn (which adds ``<tool_response>`` itself, as Qwen's
+    does); with ``chat=False`` it is ``<tool_response>`` blocks appended as text.
     """
 
     stop_strings = ("</tool_call>", "</answer>")
     observation_tag = "tool_response"
 
-    def __init__(self, max_calls_per_turn: int = 4, allow_boxed: bool = True):
+    def __init__(self, max_calls_per_turn: int = 4, allow_boxed: bool = True, chat: bool = True):
         self.max_calls_per_turn = max_calls_per_turn
         self.allow_boxed = allow_boxed
+        self.chat = chat
 
     def parse(self, text: str) -> ParsedTurn:
         turn = ParsedTurn(answer=_find_answer(text, self.allow_boxed))
@@ -159,6 +161,8 @@ class HermesParser:
         return turn
 
     def format_observation(self, outputs: list[str]) -> str:
+        if self.chat:
+            return "\n\n".join(outputs)
         return "".join(f"<tool_response>\n{o}\n</tool_response>\n" for o in outputs)
 
 

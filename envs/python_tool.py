@@ -10,7 +10,7 @@ from typing import Sequence
 
 from agentrl.data import load_jsonl
 from agentrl.env import ToolEnv
-from agentrl.parsers import retool_parser
+from agentrl.parsers import HermesParser, retool_parser
 from agentrl.rewards import math_equal
 from agentrl.tools import PythonTool
 
@@ -19,7 +19,12 @@ SYSTEM_PROMPT = (
     "its output comes back in <interpreter></interpreter>. "
     "Give the final answer as <answer>...</answer>."
 )
+HERMES_SYSTEM_PROMPT = (
+    "Solve the problem. You may call the python tool; its output comes back as a tool message. "
+    "Give the final answer as <answer>...</answer>."
+)
 DEFAULT_DATASET = "package:mul4_train.jsonl"
+FORMATS = {"retool": (retool_parser, SYSTEM_PROMPT), "hermes": (HermesParser, HERMES_SYSTEM_PROMPT)}
 
 
 class PythonToolEnv(ToolEnv):
@@ -33,7 +38,8 @@ class PythonToolEnv(ToolEnv):
         max_output_chars: int = 2000,
         format_reward: float = 0.0,
         tool_call_reward: float = 0.0,
-        system_prompt: str = SYSTEM_PROMPT,
+        system_prompt: str | None = None,
+        tool_format: str = "retool",
         limit: int | None = None,
         render_mode: str | None = None,
     ):
@@ -46,8 +52,11 @@ class PythonToolEnv(ToolEnv):
             self._owns_sandbox = False
         self.sandbox = sandbox
         tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
-        super().__init__(tasks, [tool], retool_parser(), max_turns=max_turns, render_mode=render_mode)
-        self.system_prompt = system_prompt
+        if tool_format not in FORMATS:
+            raise ValueError(f"tool_format must be one of {sorted(FORMATS)}, got {tool_format!r}")
+        parser, default_prompt = FORMATS[tool_format]
+        super().__init__(tasks, [tool], parser(), max_turns=max_turns, render_mode=render_mode)
+        self.system_prompt = system_prompt or default_prompt
         self.format_reward = format_reward
         self.tool_call_reward = tool_call_reward
 

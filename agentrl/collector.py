@@ -1,0 +1,234 @@
+"""Multi-turn rollouts: the policy plays many episodes at once, token-exactly.
+
+Each round, every live episode's ids go to the engine in one batch; then every episode's
+tool calls run concurrently in a thread pool, so one slow call does not stall the rest.
+
+Token exactness: the prompt is rendered once with the chat template; after that ids are only
+appended. Sampled ids are kept as sampled (never decoded and re-encoded); observations are
+tokenised once, on their own, and appended with loss mask 0.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+
+from agentrl.engines.base import Completion, RolloutEngine, SamplingParams
+from agentrl.types import StopReason, Trajectory, TurnRecord
+
+log = logging.getLogger(__name__)
+TRUNCATION_MARKER = "\n...[observation truncated]...\n"
+_PLACEHOLDER = "AGENTRL-ASSISTANT-PLACEHOLDER"
+
+
+@dataclass
+class CollectorConfig:
+    max_new_tokens_per_turn: int = 256
+    max_total_tokens: int = 2048
+    """Prompt + all turns; an episode that reaches it ends with truncated=True."""
+    max_observation_tokens: int = 512
+    """Longer tool output is cut (head and tail kept) around a marker."""
+    tool_workers: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+@dataclass
+class _Episode:
+    env: gym.Env
+    group_id: int
+    task_id: str
+    prompt: Any
+    ids: list[int]
+    mask: list[int]
+    logprobs: list[float]
+    prompt_len: int
+    turns: list[TurnRecord] = field(default_factory=list)
+    turn_spans: list[tuple[int, int]] = field(default_factory=list)
+    total_reward: float = 0.0
+    components: dict[str, float] = field(default_factory=dict)
+    stop_reason: StopReason | None = None
+    truncated: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    def append(self, ids: list[int], logprobs: list[float] | None) -> None:
+        self.ids += ids
+        self.mask += [1 if logprobs is not None else 0] * len(ids)
+        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+
+
+class Collector:
+    """Plays ``env_factory()`` environments against ``engine``.
+
+    ``env_factory`` is a gymnasium id (with ``env_kwargs``) or a callable returning a new env.
+    Env instances are pooled and reused across ``collect`` calls (they may hold sandbox sessions).
+    """
+
+    def __init__(
+        self,
+        env_factory: str | Callable[[], gym.Env],
+        engine: RolloutEngine,
+        config: CollectorConfig | None = None,
+        env_kwargs: dict | None = None,
+    ):
+        if isinstance(env_factory, str):
+            env_id, kwargs = env_factory, dict(env_kwargs or {})
+            env_factory = lambda: gym.make(env_id, **kwargs)  # noqa: E731
+        self.env_factory = env_factory
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.config = config or CollectorConfig()
+        self._pool: list[gym.Env] = []
+        self._executor = ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="agentrl-tool")
+        self._round = 0
+
+    # -- public API ---------------------------------------------------------------------
+    def collect(self, tasks: Sequence[dict], group_size: int = 1, seed: int = 0) -> list[Trajectory]:
+        """One group of ``group_size`` episodes per task; returns trajectories in group order."""
+        episodes = self._start(tasks, group_size, seed)
+        while live := [e for e in episodes if not e.done]:
+            self._generate(live)
+            self._step_envs([e for e in live if not e.done])
+        return [self._finish(e) for e in episodes]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        for env in self._pool:
+            env.close()
+        self._pool.clear()
+
+    # -- one round ------------------------------------------------------------------------
+    def _start(self, tasks: Sequence[dict], group_size: int, seed: int) -> list[_Episode]:
+        while len(self._pool) < len(tasks) * group_size:
+            self._pool.append(self.env_factory())
+        jobs = [(self._pool[i * group_size + j], i, task, seed + i * group_size + j)
+                for i, task in enumerate(tasks) for j in range(group_size)]
+        return list(self._executor.map(lambda job: self._reset(*job), jobs))
+
+    def _reset(self, env: gym.Env, group_id: int, task: dict, seed: int) -> _Episode:
+        prompt, info = env.reset(seed=seed, options={"task": task})
+        ids = self._render_prompt(env, prompt)
+        return _Episode(env, group_id, str(info.get("task_id", "")), prompt, list(ids), [0] * len(ids), [0.0] * len(ids), len(ids))
+
+    def _generate(self, live: list[_Episode]) -> None:
+        c = self.config
+        budget = [min(c.max_new_tokens_per_turn, c.max_total_tokens - len(e.ids)) for e in live]
+        for e, b in zip(live, budget):
+            if b <= 0:
+                self._stop(e, StopReason.MAX_TOKENS, truncated=True)
+        batch = [(e, b) for e, b in zip(live, budget) if b > 0]
+        # Episodes with different budgets share one call at the largest budget and are cut after.
+        if not batch:
+            return
+        stop = tuple(dict.fromkeys(s for e, _ in batch for s in e.env.unwrapped.stop_strings))
+        sampling = SamplingParams(c.temperature, c.top_p, c.top_k, max(b for _, b in batch), stop, 1,
+                                  None if c.seed is None else c.seed + self._round)
+        self._round += 1
+        completions = self.engine.generate([e.ids for e, _ in batch], sampling)
+        for (e, b), comp in zip(batch, completions):
+            self._take_turn(e, comp, b)
+
+    def _take_turn(self, e: _Episode, comp: Completion, budget: int) -> None:
+        ids, logprobs = comp.token_ids[:budget], comp.logprobs[:budget]
+        start = len(e.ids)
+        e.append(ids, logprobs)
+        e.turn_spans.append((start, len(e.ids)))
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        e.turns.append(TurnRecord(action=text, observation="", n_action_tokens=len(ids)))
+        hit_limit = len(e.ids) >= self.config.max_total_tokens and (comp.finish_reason == "length" or len(ids) < len(comp.token_ids))
+        if hit_limit:
+            self._stop(e, StopReason.MAX_TOKENS, truncated=True)
+
+    def _step_envs(self, live: list[_Episode]) -> None:
+        results = list(self._executor.map(self._step_one, live))
+        for e, result in zip(live, results):
+            self._record_step(e, *result)
+
+    def _step_one(self, e: _Episode):
+        try:
+            return e.env.step(e.turns[-1].action), None
+        except Exception as exc:  # infrastructure failure: end this episode, keep the batch going
+            log.exception("env.step failed")
+            return None, exc
+
+    def _record_step(self, e: _Episode, result, error: Exception | None) -> None:
+        turn = e.turns[-1]
+        if error is not None:
+            turn.info["error"] = f"{type(error).__name__}: {error}"
+            e.stop_reason = StopReason.ERROR
+            return
+        observation, reward, terminated, truncated, info = result
+        turn.reward, turn.calls = float(reward), info.get("tool_calls", [])
+        turn.tool_latency_s = float(info.get("tool_latency_s", 0.0))
+        turn.info = {k: v for k, v in info.items() if k not in ("tool_calls", "tool_latency_s")}
+        e.total_reward += float(reward)
+        if terminated or truncated:
+            e.components = dict(info.get("reward_components", {}))
+            answered = info.get("answer") is not None
+            e.stop_reason = StopReason.ANSWER if answered else StopReason.MAX_TURNS
+            if observation:
+                self._append_observation(e, observation)
+            return
+        self._append_observation(e, observation)
+        if len(e.ids) >= self.config.max_total_tokens:
+            self._stop(e, StopReason.MAX_TOKENS, truncated=True)
+
+    def _append_observation(self, e: _Episode, observation: str) -> None:
+        text = self._wrap_observation(e.env, observation)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        limit = self.config.max_observation_tokens
+        if len(ids) > limit:
+            marker = self.tokenizer.encode(TRUNCATION_MARKER, add_special_tokens=False)
+            tail = min(16, limit // 4)
+            ids = ids[: max(0, limit - tail - len(marker))] + marker + ids[-tail:]
+        ids = ids[: max(0, self.config.max_total_tokens - len(e.ids))]
+        e.append(ids, None)
+        e.turns[-1].observation = observation
+        e.turns[-1].n_observation_tokens = len(ids)
+
+    def _stop(self, e: _Episode, reason: StopReason, truncated: bool) -> None:
+        e.stop_reason, e.truncated = reason, truncated
+        env = e.env.unwrapped
+        if hasattr(env, "truncate"):  # score what the episode has, with no final answer
+            reward, components = env.truncate()
+            e.total_reward += reward
+            e.components = components
+
+    def _finish(self, e: _Episode) -> Trajectory:
+        return Trajectory(
+            input_ids=e.ids, loss_mask=e.mask, logprobs=e.logprobs, prompt_len=e.prompt_len,
+            turns=e.turns, reward=e.total_reward, reward_components=e.components,
+            stop_reason=e.stop_reason, truncated=e.truncated, group_id=e.group_id,
+            task_id=e.task_id, turn_spans=e.turn_spans,
+        )
+
+    # -- chat templates -------------------------------------------------------------------
+    def _render_prompt(self, env: gym.Env, prompt: Any) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        tools = getattr(env.unwrapped, "tool_schemas", None) or None
+        text = self.tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _wrap_observation(self, env: gym.Env, observation: str) -> str:
+        """Tag formats append the text as is; chat formats wrap it in the template's tool turn.
+
+        The wrapper is the template's own text between an assistant message and the next
+        generation prompt, found by rendering a placeholder conversation: the real history is
+        never re-rendered, so templates that rewrite history cannot shift the ids.
+        """
+        if not getattr(env.unwrapped, "chat_observations", False):
+            return observation
+        convo = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _PLACEHOLDER},
+                 {"role": "tool", "content": observation}]
+        text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+        return text[text.rfind(_PLACEHOLDER) + len(_PLACEHOLDER):]
