@@ -37,6 +37,7 @@ class CollectorConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    """Run-level seed mixed into every sampling seed (None: the collect seed alone)."""
 
 
 @dataclass
@@ -90,14 +91,28 @@ class Collector:
         self._pool: list[gym.Env] = []
         self._executor = ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="agentrl-tool")
         self._round = 0
+        self.timing: dict[str, float] = {}
+        """Seconds spent generating and in env steps (tools) during the last ``collect``."""
 
     # -- public API ---------------------------------------------------------------------
     def collect(self, tasks: Sequence[dict], group_size: int = 1, seed: int = 0) -> list[Trajectory]:
-        """One group of ``group_size`` episodes per task; returns trajectories in group order."""
+        """One group of ``group_size`` episodes per task; returns trajectories in group order.
+
+        Sampling seeds derive from ``seed`` and the round number, so a collect call is
+        reproducible (the trainer passes the step number: resumed runs sample the same).
+        """
+        self.timing = {"generation_s": 0.0, "tools_s": 0.0}
+        self._seed, self._round = seed, 0
+        start = time.perf_counter()
         episodes = self._start(tasks, group_size, seed)
+        self.timing["tools_s"] += time.perf_counter() - start
         while live := [e for e in episodes if not e.done]:
+            start = time.perf_counter()
             self._generate(live)
+            mid = time.perf_counter()
             self._step_envs([e for e in live if not e.done])
+            self.timing["generation_s"] += mid - start
+            self.timing["tools_s"] += time.perf_counter() - mid
         return [self._finish(e) for e in episodes]
 
     def close(self) -> None:
@@ -130,8 +145,8 @@ class Collector:
         if not batch:
             return
         stop = tuple(dict.fromkeys(s for e, _ in batch for s in e.env.unwrapped.stop_strings))
-        sampling = SamplingParams(c.temperature, c.top_p, c.top_k, max(b for _, b in batch), stop, 1,
-                                  None if c.seed is None else c.seed + self._round)
+        base = self._seed if c.seed is None else c.seed * 1_000_003 + self._seed
+        sampling = SamplingParams(c.temperature, c.top_p, c.top_k, max(b for _, b in batch), stop, 1, base * 1009 + self._round)
         self._round += 1
         completions = self.engine.generate([e.ids for e, _ in batch], sampling)
         for (e, b), comp in zip(batch, completions):

@@ -1,0 +1,197 @@
+"""Typed run configs: YAML + ``key=value`` overrides, validated by pydantic.
+
+Unknown keys are errors, and so are combinations that would be silently ignored: a config
+either means what it says or is refused with a message that says what to change.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    steps: int = Field(20, ge=1)
+    save_every: int = Field(10, ge=1, description="checkpoint interval in steps")
+    keep_checkpoints: int = Field(2, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class ModelConfig(_Strict):
+    path: str = "runs/tiny-model"
+    init_if_missing: Literal["tiny", "small"] | None = "tiny"
+    """Build a local tiny model at ``path`` when it does not exist (CPU demos); None for checkpoints."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    reference_path: str | None = None
+    """Frozen reference model for KL; defaults to the initial policy weights when kl_coef > 0."""
+
+
+class EnvConfig(_Strict):
+    id: str = "agentrl/PythonTool-v0"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    dataset: str | None = None
+    """Training tasks (JSONL path); None uses the env's own default dataset."""
+    limit: int | None = None
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["hf", "vllm"] = "hf"
+    tasks_per_step: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens_per_turn: int = Field(128, ge=1)
+    max_total_tokens: int = Field(1024, ge=8)
+    max_observation_tokens: int = Field(256, ge=8)
+    tool_workers: int = Field(16, ge=1)
+    num_threads: int = Field(1, ge=1, description="torch threads on CPU rollout paths")
+    vllm: dict[str, Any] | None = None
+    """Options for vLLM's LLM(...) (gpu_memory_utilization, enforce_eager, ...); only with engine: vllm."""
+
+
+class AlgorithmConfig(_Strict):
+    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp"] = "grpo"
+    turn_level: bool = False
+    """Densify: each turn's tokens get the group-normalised return from that turn on."""
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0)
+    dual_clip: float | None = Field(None, gt=1)
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    kl_coef: float = Field(0.0, ge=0)
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    kl_in_reward: bool = False
+    """Apply KL as a reward penalty instead of a loss term."""
+    entropy_coef: float = 0.0
+    dynamic_sampling: bool = False
+    max_sampling_tries: int = Field(3, ge=1)
+    overlong: Literal["none", "mask", "penalty"] = "mask"
+    overlong_cache: int = Field(64, ge=1, description="soft-penalty ramp length in tokens")
+    overlong_penalty: float = 1.0
+    epochs: int = Field(1, ge=1)
+    minibatches: int = Field(1, ge=1)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, ge=1)
+
+
+class GuardConfig(_Strict):
+    """Collapse guard: a bad step is undone (last good checkpoint) and the LR lowered."""
+
+    enabled: bool = True
+    max_grad_norm: float = 1e4
+    min_entropy: float | None = None
+    min_reward: float | None = None
+    lr_decay: float = Field(0.5, gt=0, le=1)
+    max_restores: int = 3
+    inject_nan_at_step: int | None = None
+    """Testing hook: make the loss NaN at this step to exercise the guard."""
+
+
+class DeepSpeedConfig(_Strict):
+    zero_stage: Literal[1, 2, 3] = 2
+    offload: bool = False
+    bf16: bool = False
+
+
+class TrainConfig(_Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    engine: Literal["torch", "deepspeed"] = "torch"
+    deepspeed: DeepSpeedConfig | None = None
+
+    @model_validator(mode="after")
+    def _no_silently_ignored_options(self) -> "TrainConfig":
+        a, r = self.algorithm, self.rollout
+        if a.dynamic_sampling and r.group_size < 2:
+            raise ValueError("algorithm.dynamic_sampling needs rollout.group_size >= 2 (a group of one is never informative)")
+        if a.advantage != "reinforce_pp" and r.group_size < 2:
+            raise ValueError(f"algorithm.advantage={a.advantage} is group-relative: set rollout.group_size >= 2")
+        if a.kl_in_reward and a.kl_coef == 0:
+            raise ValueError("algorithm.kl_in_reward is set but algorithm.kl_coef is 0: set kl_coef > 0 or drop kl_in_reward")
+        if self.model.reference_path and a.kl_coef == 0:
+            raise ValueError("model.reference_path is set but algorithm.kl_coef is 0, so it would be ignored")
+        if r.vllm is not None and r.engine != "vllm":
+            raise ValueError("rollout.vllm options are set but rollout.engine is hf: set rollout.engine: vllm or remove rollout.vllm")
+        if self.deepspeed is not None and self.engine != "deepspeed":
+            raise ValueError("deepspeed options are set but engine is torch: set engine: deepspeed or remove deepspeed")
+        if r.max_new_tokens_per_turn > r.max_total_tokens:
+            raise ValueError("rollout.max_new_tokens_per_turn exceeds rollout.max_total_tokens")
+        if a.clip_high < a.clip_low:
+            raise ValueError("algorithm.clip_high < clip_low: clip-higher means clip_high >= clip_low")
+        return self
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def _format_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {where!r}")
+        elif err["type"] == "literal_error":
+            lines.append(f"{where}: {err['msg'].replace('Input should be', 'must be one of')}, got {err['input']!r}")
+        else:
+            lines.append(f"{where}: {err['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(tree: dict, overrides: list[str] = (), schema: type[BaseModel] = TrainConfig):
+    tree = dict(tree or {})
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-5)")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = (), schema: type[BaseModel] = TrainConfig):
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections")
+    return parse_config(tree, overrides, schema)

@@ -1,0 +1,101 @@
+"""The training-engine seam: forward, backward, optimiser step, state for checkpoints and pushes.
+
+``TorchEngine`` is the default (one process, CPU or one GPU). The DeepSpeed engine implements
+the same methods, so the trainer loop never changes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+class TrainEngine(Protocol):
+    model: torch.nn.Module
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> float:
+        """Clip gradients, apply the optimiser and the LR schedule; returns the grad norm."""
+
+    def zero_grad(self) -> None: ...
+
+    def scale_lr(self, factor: float) -> None: ...
+
+    def policy_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return f
+
+
+class TorchEngine:
+    def __init__(self, model: torch.nn.Module, optim_cfg, total_steps: int, autocast_bf16: bool = False):
+        self.model = model
+        self.cfg = optim_cfg
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
+                                           weight_decay=optim_cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(optim_cfg.warmup_steps, total_steps, optim_cfg.schedule))
+        self.autocast_bf16 = autocast_bf16
+
+    def forward(self, input_ids, attention_mask):
+        device_type = next(self.model.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if torch.isfinite(norm):
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def zero_grad(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def scale_lr(self, factor: float) -> None:
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr * factor
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def policy_state_dict(self):
+        return self.model.state_dict()
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory, safe_serialization=True)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(directory, dtype=next(self.model.parameters()).dtype).state_dict()
+        self.model.load_state_dict(weights)
+        state = torch.load(directory / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
