@@ -226,24 +226,29 @@ class Collector:
             task_id=e.task_id, turn_spans=e.turn_spans,
         )
 
-    # -- chat templates -------------------------------------------------------------------
     def _render_prompt(self, env: gym.Env, prompt: Any) -> list[int]:
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
-        tools = getattr(env.unwrapped, "tool_schemas", None) or None
-        text = self.tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return render_prompt(self.tokenizer, prompt, getattr(env.unwrapped, "tool_schemas", None))
 
     def _wrap_observation(self, env: gym.Env, observation: str) -> str:
-        """Tag formats append the text as is; chat formats wrap it in the template's tool turn.
-
-        The wrapper is the template's own text between an assistant message and the next
-        generation prompt, found by rendering a placeholder conversation: the real history is
-        never re-rendered, so templates that rewrite history cannot shift the ids.
-        """
         if not getattr(env.unwrapped, "chat_observations", False):
-            return observation
-        convo = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _PLACEHOLDER},
-                 {"role": "tool", "content": observation}]
-        text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
-        return text[text.rfind(_PLACEHOLDER) + len(_PLACEHOLDER):]
+            return observation  # tag formats (ReTool, Search-R1) append the text as is
+        return wrap_tool_observation(self.tokenizer, observation)
+
+
+def render_prompt(tokenizer, prompt: Any, tools: list[dict] | None = None) -> list[int]:
+    """The prompt's ids, rendered once by the chat template (a str prompt is encoded as is)."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt, add_special_tokens=False)
+    text = tokenizer.apply_chat_template(prompt, tools=tools or None, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def wrap_tool_observation(tokenizer, observation: str) -> str:
+    """The chat template's own text between an assistant message and the next generation
+    prompt, with ``observation`` as a tool message. Found by rendering a placeholder
+    conversation: the real history is never re-rendered, so templates that rewrite history
+    (dropping earlier ``<think>`` blocks) cannot shift the ids."""
+    convo = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _PLACEHOLDER},
+             {"role": "tool", "content": observation}]
+    text = tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+    return text[text.rfind(_PLACEHOLDER) + len(_PLACEHOLDER):]
