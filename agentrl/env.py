@@ -17,13 +17,16 @@ from agentrl.types import ParsedTurn
 
 
 class TextSpace(gym.spaces.Space):
-    """Any ``str`` up to ``max_length`` characters (gymnasium's ``Text`` limits the charset)."""
+    """Any ``str`` up to ``max_length`` characters, or a list of chat messages (what ``reset``
+    returns). gymnasium's ``Text`` space limits the charset, which model text does not obey."""
 
     def __init__(self, max_length: int = 1_000_000, seed: int | None = None):
         self.max_length = max_length
         super().__init__(shape=None, dtype=None, seed=seed)
 
     def contains(self, x: Any) -> bool:
+        if isinstance(x, list):
+            return all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in x)
         return isinstance(x, str) and len(x) <= self.max_length
 
     def sample(self, mask: Any = None, probability: Any = None) -> str:

@@ -110,7 +110,7 @@ def _sft_step(engine, batch: dict, micro: int) -> float:
         logprobs = token_logprobs(engine.forward(ids, attn), ids)
         loss = -(logprobs * mask).sum() / total
         engine.backward(loss)
-        value += float(loss)
+        value += loss.item()
     if not math.isfinite(value):
         raise FloatingPointError("SFT loss is not finite")
     return value
