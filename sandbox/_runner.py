@@ -190,6 +190,9 @@ class Zygote:
 
     def take(self) -> dict:
         child = self.pool.pop(0) if self.pool else self.spawn()
+        if select.select([child["pidfd"]], [], [], 0)[0]:  # died while waiting (should not happen)
+            self.kill(child)
+            child = self.spawn()
         # Processes still exiting count against RLIMIT_NPROC: after a fork bomb, wait for them.
         live = {c["pid"] for c in self.pool} | {child["pid"]} | ({self.session["pid"]} if self.session else set())
         _reap(block=True, keep=live)
@@ -209,6 +212,7 @@ class Zygote:
         pid = os.fork()
         if pid == 0:
             try:
+                os.setsid()  # own process group: kill(0) or killpg cannot reach the other children
                 os.chdir(workdir)
                 for fd, target in ((os.open(os.devnull, os.O_RDONLY), 0), (out_w, 1), (err_w, 2),
                                    (cmd_r, 3), (status_w, 4)):

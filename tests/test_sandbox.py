@@ -1,0 +1,190 @@
+"""LocalSandbox behaviour on good code: results, limits, sessions, threads, cleanup (real sandbox)."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from agentrl.sandbox import ExecResult, make_sandbox
+from agentrl.tools import PythonTool
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="LocalSandbox needs Linux namespaces")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    sb = make_sandbox("local", workers=2)
+    yield sb
+    sb.close()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (namespaced processes included: they are visible here)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.timeout(30)
+def test_print(sandbox):
+    result = sandbox.run("print(1 + 1)")
+    assert isinstance(result, ExecResult)
+    assert (result.stdout, result.stderr, result.exit_code) == ("2\n", "", 0)
+    assert not (result.timed_out or result.oom or result.truncated)
+
+
+@pytest.mark.timeout(30)
+def test_exception_gives_traceback_and_exit_code(sandbox):
+    result = sandbox.run("x = 1\nraise ValueError('boom')")
+    assert result.exit_code == 1
+    assert "ValueError: boom" in result.stderr and "_runner" not in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_sys_exit_code(sandbox):
+    assert sandbox.run("import sys; sys.exit(3)").exit_code == 3
+
+
+@pytest.mark.timeout(30)
+def test_numpy_preloaded_and_fresh_state_per_run(sandbox):
+    result = sandbox.run("import numpy as np\nprint(int(np.arange(10).sum()))\nleak = 1")
+    assert result.stdout == "45\n"
+    assert "NameError" in sandbox.run("print(leak)").stderr
+
+
+@pytest.mark.timeout(30)
+def test_private_writable_cwd(sandbox):
+    result = sandbox.run("open('f.txt', 'w').write('hi'); print(open('f.txt').read())")
+    assert result.stdout == "hi\n"
+    assert "FileNotFoundError" in sandbox.run("open('f.txt')").stderr  # a fresh dir per run
+
+
+@pytest.mark.timeout(30)
+def test_random_differs_between_runs(sandbox):
+    code = "import random, numpy as np; print(random.random(), np.random.rand())"
+    assert sandbox.run(code).stdout != sandbox.run(code).stdout
+
+
+@pytest.mark.timeout(30)
+def test_timeout(sandbox):
+    start = time.monotonic()
+    result = sandbox.run("print('before', flush=True)\nwhile True: pass", timeout_s=0.5)
+    assert result.timed_out and result.stdout == "before\n"
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.timeout(30)
+def test_memory_limit(sandbox):
+    result = sandbox.run("x = bytearray(300 * 2**20)", memory_mb=100)
+    assert result.oom and result.exit_code != 0
+    assert sandbox.run("x = bytearray(50 * 2**20); print('ok')", memory_mb=100).stdout == "ok\n"
+
+
+@pytest.mark.timeout(30)
+def test_bad_arguments(sandbox):
+    with pytest.raises(TypeError):
+        sandbox.run(b"print(1)")
+    with pytest.raises(ValueError):
+        sandbox.run("print(1)", timeout_s=-1)
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_threads(sandbox):
+    results = {}
+
+    def work(i):
+        results[i] = sandbox.run(f"print({i} * 2)")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i: r.stdout for i, r in results.items()} == {i: f"{i * 2}\n" for i in range(16)}
+
+
+@pytest.mark.timeout(30)
+def test_session_keeps_state(sandbox):
+    with sandbox.open_session() as session:
+        assert session.run("import numpy as np\nx = np.arange(3)").exit_code == 0
+        assert session.run("x = x + 1\nprint(x.tolist())").stdout == "[1, 2, 3]\n"
+        assert session.run("print(x.sum())").stdout == "6\n"
+
+
+@pytest.mark.timeout(30)
+def test_session_reset_after_timeout(sandbox):
+    with sandbox.open_session() as session:
+        session.run("x = 42")
+        result = session.run("while True: pass", timeout_s=0.5)
+        assert result.timed_out and "reset" in result.stderr
+        after = session.run("print(x)")
+        assert "NameError" in after.stderr and "restarted" in after.stderr
+        assert session.run("x = 1; print(x)").stdout == "1\n"
+
+
+@pytest.mark.timeout(30)
+def test_session_reset_after_oom(sandbox):
+    with sandbox.open_session(memory_mb=100) as session:
+        session.run("y = 1")
+        assert session.run("z = bytearray(500 * 2**20)").oom
+        assert "NameError" in session.run("print(y)").stderr
+
+
+@pytest.mark.timeout(30)
+def test_session_close_leaves_no_process(sandbox):
+    session = sandbox.open_session()
+    session.run("import subprocess\np = subprocess.Popen(['sleep', '300'])")
+    worker_pid = session._worker.proc.pid
+    assert descendants(worker_pid)
+    session.close()
+    assert not descendants(worker_pid)
+    assert not os.path.exists(f"/proc/{worker_pid}")
+    with pytest.raises(Exception):
+        session.run("print(1)")
+
+
+@pytest.mark.timeout(30)
+def test_one_shot_background_process_is_killed(sandbox):
+    sandbox.run("import subprocess\nsubprocess.Popen(['sleep', '300'])")
+    time.sleep(0.2)
+    sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x00300\x00"]
+    assert not sleepers
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+@pytest.mark.timeout(30)
+def test_close_kills_all_workers():
+    sb = make_sandbox("local", workers=2)
+    sb.run("print(1)")
+    pids = [w.proc.pid for w in sb._all]
+    sb.close()
+    assert pids and not any(os.path.exists(f"/proc/{p}") for p in pids)
+
+
+@pytest.mark.timeout(30)
+def test_python_tool_on_local_sandbox(sandbox):
+    tool = PythonTool(sandbox, timeout_s=2)
+    assert tool.call({"code": "a = 5"}) == ""
+    assert tool.call({"code": "print(a * 2)"}) == "10"
+    assert "TimeoutError" in tool.call({"code": "while True: pass"})
+    tool.close()
