@@ -109,6 +109,9 @@ class LocalSandbox(Sandbox):
             self._argv.append("--preload=" + ",".join(preload))
         if not isolate:
             self._argv.append("--no-isolate")
+        self._init_pool(workers, spare_sessions)
+
+    def _init_pool(self, workers: int, spare_sessions: int) -> None:
         self._all: list[_Worker] = []  # every live worker, for close() and the finalizer
         self._lock = threading.Lock()
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # LIFO: reuse the warm ones
@@ -120,8 +123,11 @@ class LocalSandbox(Sandbox):
         self._refill_spares()
         self._finalizer = weakref.finalize(self, _kill_all, self._all)
 
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._argv)
+
     def _start(self) -> _Worker:
-        worker = _Worker(self._argv)
+        worker = self._new_worker()
         with self._lock:
             self._all.append(worker)
         return worker
