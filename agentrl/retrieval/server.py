@@ -251,6 +251,6 @@ def cli_main(args: argparse.Namespace) -> int:
     m = retriever.manifest
     info = {"kind": args.kind or m["kind"], "count": m["count"], "model": m.get("model"), "index": str(args.index)}
     app = create_app(retriever, args.cache_size, args.max_batch, args.batch_wait_ms, info=info)
-    print(f"serving {info['kind']} index of {m['count']} passages on http://{args.host}:{args.port}/retrieve")
+    print(f"serving {info['kind']} index of {m['count']} passages on http://{args.host}:{args.port}/retrieve", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
