@@ -74,6 +74,7 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 # ---------------------------------------------------------------- the child (runs user code)
 def child_main(cmd_fd: int, status_fd: int, max_procs: int) -> None:
     """Forked ahead of time: drop privileges, then wait for the first snippet."""
+    vm_mb = _current_vm_mb()  # the pre-imported interpreter counts against RLIMIT_AS
     _drop_privileges()
     _limit(resource.RLIMIT_NPROC, max_procs)  # counts threads too; contains fork bombs
     _limit(resource.RLIMIT_NOFILE, 256)
@@ -83,8 +84,7 @@ def child_main(cmd_fd: int, status_fd: int, max_procs: int) -> None:
     request = read_frame(cmd_fd)
     if request is None:
         os._exit(0)
-    # The pre-imported interpreter counts against RLIMIT_AS: memory_mb comes on top of it.
-    _limit(resource.RLIMIT_AS, (_current_vm_mb() + request["memory_mb"]) << 20)
+    _limit(resource.RLIMIT_AS, (vm_mb + request["memory_mb"]) << 20)  # memory_mb on top of the baseline
     persistent = request["persistent"]
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     while request is not None:
@@ -108,6 +108,7 @@ def _drop_privileges() -> None:
         os.setresgid(NOBODY, NOBODY, NOBODY)
         os.setresuid(NOBODY, NOBODY, NOBODY)  # clears all capabilities
     _LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot regain privileges
+    _LIBC.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, reset by setuid: keeps /proc/self readable
 
 
 def _limit(kind: int, value: int) -> None:

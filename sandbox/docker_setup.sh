@@ -33,11 +33,11 @@ for pkg in numpy numpy.libs sympy mpmath; do
   [ -e "$SITE/$pkg" ] && cp -a "$SITE/$pkg" "$ROOT$PREFIX/lib/python$VER/site-packages/"
 done
 ln -sf "$PREFIX/bin/$(basename "$PY")" "$ROOT/usr/local/bin/python3"
-for tool in sh sleep true cat ls; do cp -L "$(command -v $tool)" "$ROOT/bin/"; done
+for tool in sh sleep true cat ls; do cp -L "$(type -P "$tool")" "$ROOT/bin/"; done
 # Every shared library any copied binary or extension module links against.
-find "$ROOT" -type f \( -name '*.so*' -o -perm -u+x \) -print0 | xargs -0 ldd 2>/dev/null \
-  | awk '/=> \// {print $3} /^\s*\/lib/ {print $1}' | sort -u | while read -r lib; do
-    [ -e "$ROOT$lib" ] || cp -L --parents "$lib" "$ROOT" 2>/dev/null || true
+{ find "$ROOT" -type f \( -name '*.so*' -o -perm -u+x \) -print0 | xargs -0 ldd 2>/dev/null || true; } \
+  | awk '/=> \// {print $3} /^\s*\/lib/ {print $1}' | grep -v "^$ROOT" | sort -u | while read -r lib; do
+    [ -e "$ROOT$lib" ] || cp -L --parents "$lib" "$ROOT"
   done
 cp -L --parents /lib64/ld-linux-x86-64.so.2 "$ROOT"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$ROOT/etc/passwd"
