@@ -83,6 +83,7 @@ class GRPOTrainer:
         self.tasks = self._load_tasks(env_kwargs)
         self.order = np.random.default_rng(cfg.run.seed).permutation(len(self.tasks)).tolist()
         self.step, self.data_pos, self.restores = 0, 0, 0
+        self._nan_injected = False
         self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.run.keep_checkpoints)
         if resume and self.checkpointer.latest() is not None:
             self._restore(self.checkpointer.latest())
@@ -251,7 +252,8 @@ class GRPOTrainer:
                 kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, aggregation=a.loss_agg,
                 max_len=self.cfg.rollout.max_total_tokens, entropy=entropy, entropy_coef=a.entropy_coef)
             weight = (mb["loss_mask"].sum() / total_tokens) if a.loss_agg == "token_mean" else len(chunk) / len(index)
-            if self.cfg.guard.inject_nan_at_step == self.step:
+            if self.cfg.guard.inject_nan_at_step == self.step and not self._nan_injected:
+                self._nan_injected = True
                 loss = loss * float("nan")
             if not torch.isfinite(loss):
                 bad = True
@@ -260,7 +262,7 @@ class GRPOTrainer:
             self.engine.backward(loss * weight)
             for k, v in m.items():
                 stats[k] = stats.get(k, 0.0) + float(v) * float(weight)
-            stats["loss"] = stats.get("loss", 0.0) + float(loss) * float(weight)
+            stats["loss"] = stats.get("loss", 0.0) + loss.item() * float(weight)
         if bad:
             self.engine.zero_grad()
             return stats, float("nan")
@@ -292,7 +294,9 @@ class GRPOTrainer:
                                f"gave up after {g.max_restores} restores")
         latest = self.checkpointer.latest()
         if latest is not None:
+            restores = self.restores
             self._restore(latest)
+            self.restores = restores
             where = f"restored {latest.name}"
         else:  # no checkpoint yet: the bad update was not applied (NaN) or is undone by reloading
             self.step -= 1
