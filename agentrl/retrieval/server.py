@@ -150,6 +150,7 @@ class Stats:
             "requests": self.requests,
             "rejected": self.rejected,
             "batches": batcher.batches,
+            "batched_queries": batcher.batched_queries,
             "mean_batch_size": batcher.batched_queries / batcher.batches if batcher.batches else 0.0,
             "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p99": float(np.percentile(lat, 99)),
