@@ -22,6 +22,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train",): ("agentrl.trainer", "GRPO training from a YAML config"),
     ("sft",): ("agentrl.sft", "supervised warm start on tool-use traces"),
     ("eval",): ("agentrl.evaluate", "evaluate a model on a benchmark"),
+    ("plot",): ("agentrl.plot", "plot reward and tool calls over steps from metrics.jsonl files"),
     ("bench", "sandbox"): ("agentrl.sandbox.bench", "sandbox latency against python -c per call"),
     ("bench", "retrieval"): ("agentrl.retrieval.bench", "retrieval quality and speed"),
     ("bench", "rollout"): ("agentrl.bench_rollout", "collector overhead and engines side by side"),

@@ -27,6 +27,16 @@ DEFAULT_DATASET = "package:mul4_train.jsonl"
 FORMATS = {"retool": (retool_parser, SYSTEM_PROMPT), "hermes": (HermesParser, HERMES_SYSTEM_PROMPT)}
 
 
+class DisabledTool:
+    """Same name and schema as the tool it stands in for; every call says it is unavailable."""
+
+    def __init__(self, tool):
+        self.name, self.description, self.parameters = tool.name, tool.description, tool.parameters
+
+    def call(self, arguments) -> str:
+        return "Error: the interpreter is disabled in this environment"
+
+
 class PythonToolEnv(ToolEnv):
     def __init__(
         self,
@@ -40,6 +50,7 @@ class PythonToolEnv(ToolEnv):
         tool_call_reward: float = 0.0,
         system_prompt: str | None = None,
         tool_format: str = "retool",
+        tool_enabled: bool = True,
         limit: int | None = None,
         render_mode: str | None = None,
     ):
@@ -52,6 +63,8 @@ class PythonToolEnv(ToolEnv):
             self._owns_sandbox = False
         self.sandbox = sandbox
         tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
+        if not tool_enabled:  # the no-tool control: calls are answered, but nothing runs
+            tool = DisabledTool(tool)
         if tool_format not in FORMATS:
             raise ValueError(f"tool_format must be one of {sorted(FORMATS)}, got {tool_format!r}")
         parser, default_prompt = FORMATS[tool_format]
