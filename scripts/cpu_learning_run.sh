@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The CPU run that learns: tiny model -> SFT warm start -> GRPO with the Python tool -> plot.
+# Usage: bash scripts/cpu_learning_run.sh [SEED] [extra train overrides...]
+# Env: ENGINE=hf|vllm (vllm needs scripts/setup_vllm_venv.sh), CONTROL=1 also runs the no-tool control.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEED=${1:-0}; shift || true
+OUT=runs/cpu_learning/seed$SEED
+export OMP_WAIT_POLICY=PASSIVE
+agentrl model init --out "$OUT/tiny-model" --seed "$SEED"
+agentrl sft configs/retool_sft_tiny_cpu.yaml "model.path=$OUT/tiny-model" "run.output_dir=$OUT/sft" \
+  "run.seed=$SEED" "save_to=$OUT/sft-model"
+agentrl train configs/retool_learn_cpu.yaml "model.path=$OUT/sft-model" "run.output_dir=$OUT/grpo" \
+  "run.seed=$SEED" "rollout.engine=${ENGINE:-hf}" "$@"
+RUNS=("with-tool=$OUT/grpo/metrics.jsonl")
+if [ "${CONTROL:-0}" = 1 ]; then
+  agentrl train configs/retool_learn_cpu.yaml "model.path=$OUT/sft-model" "run.output_dir=$OUT/control" \
+    "run.seed=$SEED" "env.kwargs.tool_enabled=false" "$@"
+  RUNS+=("no-tool control=$OUT/control/metrics.jsonl")
+fi
+agentrl plot "${RUNS[@]}" --out "$OUT/reward.png"
