@@ -144,6 +144,7 @@ class HFEngine:
         self.stop_check_tokens = stop_check_tokens
         self.eos_ids = set(eos_token_ids) if eos_token_ids is not None else default_eos_ids(self.model, tokenizer)
         self._fwd_params = _forward_params(self.model)
+        self._stop_masks: dict[tuple, torch.Tensor] = {}
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
 
@@ -205,6 +206,19 @@ class HFEngine:
         # A token decodes to >= 1 character almost always; a little slack covers byte pieces.
         return max(len(s) for s in stops) + 4
 
+    def _stop_candidates(self, stops: tuple[str, ...], vocab: int) -> torch.Tensor:
+        """Bool mask over ids: tokens whose text could complete a stop string (it must contain
+        the stop string's last character; byte pieces of a UTF-8 character always qualify)."""
+        key = (stops, vocab)
+        if key not in self._stop_masks:
+            lasts = {s[-1] for s in stops}
+            n = min(len(self.tokenizer), vocab)
+            texts = self.tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+            mask = torch.ones(vocab, dtype=torch.bool)
+            mask[:n] = torch.tensor([("\ufffd" in t) or any(c in t for c in lasts) for t in texts], dtype=torch.bool)
+            self._stop_masks = {key: mask}  # one stop set at a time
+        return self._stop_masks[key]
+
     def _generate_chunk(
         self, prompts: list[list[int]], n: int, sp: SamplingParams, gen: torch.Generator | None
     ) -> list[Completion]:
@@ -240,6 +254,7 @@ class HFEngine:
         temp = 1.0 if greedy else float(sp.temperature)
         stops = tuple(s for s in sp.stop if s)
         window = self._stop_window(stops) if stops else 0
+        cand = self._stop_candidates(stops, logits.shape[-1]).to(dev) if stops else None
         eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=dev) if self.eos_ids else None
 
         toks: list[list[int]] = [[] for _ in range(total)]
@@ -258,10 +273,15 @@ class HFEngine:
                 nxt = scaled.argmax(-1)
             else:
                 filt = filter_logits(scaled, sp.top_k, sp.top_p) if (sp.top_k or sp.top_p < 1.0) else scaled
-                nxt = torch.multinomial(filt.softmax(-1), 1, generator=gen).squeeze(-1)
+                # Exponential race (= Gumbel-max): argmax(p / E), E ~ Exp(1), samples from p and
+                # is several times faster than torch.multinomial on CPU.
+                probs = filt.softmax(-1)
+                noise = torch.empty_like(probs).exponential_(1.0, generator=gen)
+                nxt = (probs / noise).argmax(-1)
             chosen = logp.gather(-1, nxt[:, None]).squeeze(-1)
             nxt_l, chosen_l = nxt.tolist(), chosen.tolist()
             is_eos = torch.isin(nxt, eos).tolist() if eos is not None else [False] * len(alive)
+            maybe_stop = cand[nxt].tolist() if stops else None
             keep: list[int] = []
             check_rows: list[int] = []
             for r, seq in enumerate(alive):
@@ -269,7 +289,7 @@ class HFEngine:
                 lps[seq].append(chosen_l[r])
                 if is_eos[r]:
                     finish[seq] = "eos"
-                else:
+                elif stops and maybe_stop[r]:
                     check_rows.append(r)
             if stops and check_rows:
                 tails = self.tokenizer.batch_decode([toks[alive[r]][-window:] for r in check_rows], skip_special_tokens=False)
