@@ -54,6 +54,8 @@ class PythonToolEnv(ToolEnv):
         limit: int | None = None,
         render_mode: str | None = None,
     ):
+        if tool_format not in FORMATS:
+            raise ValueError(f"tool_format must be one of {sorted(FORMATS)}, got {tool_format!r}")
         tasks = load_jsonl(dataset, limit=limit, require=("question", "answer")) if isinstance(dataset, str) else list(dataset)
         if isinstance(sandbox, str):
             from agentrl.sandbox import make_sandbox
@@ -65,8 +67,6 @@ class PythonToolEnv(ToolEnv):
         tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
         if not tool_enabled:  # the no-tool control: calls are answered, but nothing runs
             tool = DisabledTool(tool)
-        if tool_format not in FORMATS:
-            raise ValueError(f"tool_format must be one of {sorted(FORMATS)}, got {tool_format!r}")
         parser, default_prompt = FORMATS[tool_format]
         super().__init__(tasks, [tool], parser(), max_turns=max_turns, render_mode=render_mode)
         self.system_prompt = system_prompt or default_prompt
