@@ -19,6 +19,8 @@ over ``deepspeed.initialize``, for ``engine: deepspeed`` in a run config.
   all ranks must make the same number of ``backward`` calls per step (pad a short rank with a
   zero-weighted micro-batch) and all must call ``step``, ``zero_grad`` (when gradients are
   pending), ``policy_state_dict`` (ZeRO-3), ``save`` and ``load``.
+  :class:`agentrl.trainer.GRPOTrainer` does all of this (see its module docstring); under
+  ZeRO-3 it generates rollouts on a separate full copy of the model.
 * **Optimiser / schedule.** ``torch.optim.AdamW`` with the run's lr/betas/weight decay (the same
   update as ``TorchEngine``) and the same ``lr_lambda`` schedule; with ``deepspeed.offload`` the
   optimiser states live on the CPU and the update is DeepSpeed's ``DeepSpeedCPUAdam`` (a C++ op
@@ -244,14 +246,38 @@ class DeepSpeedEngine:
             group["lr"] = lr * factor
 
     # -- data parallel helpers ---------------------------------------------------------------
-    def all_reduce_sum(self, value: float | torch.Tensor) -> float:
-        """Sum of a scalar over ranks (e.g. a minibatch's loss-mask token count)."""
+    def all_reduce_sum(self, value):
+        """Sum over ranks of a scalar (e.g. a minibatch's loss-mask token count; returns a float)
+        or of a sequence of scalars in one collective (returns a list). Every rank must call it."""
         import torch.distributed as dist
 
-        t = torch.tensor(float(value), dtype=torch.float64, device=self.engine.device)
-        if self.world_size > 1:
+        scalar = not isinstance(value, (list, tuple)) and not (isinstance(value, torch.Tensor) and value.dim() > 0)
+        if scalar:
+            t = torch.tensor([float(value)], dtype=torch.float64)
+        elif isinstance(value, torch.Tensor):
+            t = value.detach().reshape(-1).to("cpu", torch.float64)
+        else:
+            t = torch.tensor([float(v) for v in value], dtype=torch.float64)
+        if self.world_size > 1 and t.numel():
+            t = t.to(self.engine.device)
             dist.all_reduce(t)
-        return float(t)
+        out = [float(v) for v in t.cpu()]
+        return out[0] if scalar else out
+
+    def all_gather_object(self, obj):
+        """Every rank's picklable ``obj``, in rank order (a collective)."""
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    @property
+    def partitioned_weights(self) -> bool:
+        """ZeRO-3: the module's parameters are shards; a forward gathers them (a collective)."""
+        return self.zero_stage >= 3
 
     def barrier(self) -> None:
         import torch.distributed as dist

@@ -36,18 +36,75 @@ def _std(xs: list[float]) -> float:
     return math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
 
 
+def rollout_sums(trajs: list[Trajectory]) -> dict[str, float]:
+    """Additive per-rank totals behind :func:`rollout_metrics`: summed over data-parallel ranks
+    (missing keys count as 0), :func:`rollout_metrics_from_sums` gives the global batch's metrics."""
+    out = {"n": float(len(trajs)), "reward": sum(t.reward for t in trajs),
+           "reward_sq": sum(t.reward ** 2 for t in trajs),
+           "tool_calls": float(sum(t.n_tool_calls for t in trajs)),
+           "tool_errors": float(sum(turn.info.get("n_tool_errors", 0) + turn.info.get("n_invalid_calls", 0)
+                                    for t in trajs for turn in t.turns)),
+           "turns": float(sum(len(t.turns) for t in trajs)),
+           "response_tokens": float(sum(t.n_generated for t in trajs)),
+           "total_tokens": float(sum(len(t.input_ids) for t in trajs)),
+           "truncated": float(sum(t.truncated for t in trajs)),
+           "answered": float(sum(t.stop_reason.value == "answer" for t in trajs))}
+    for key in {k for t in trajs for k in t.reward_components}:
+        out[f"component/{key}"] = sum(t.reward_components.get(key, 0.0) for t in trajs)
+    return out
+
+
+def rollout_metrics_from_sums(sums: dict[str, float]) -> dict[str, float]:
+    n = sums.get("n", 0.0)
+    if not n:
+        return {"reward/mean": float("nan")}
+    mean = sums["reward"] / n
+    out = {"reward/mean": mean, "reward/std": math.sqrt(max(0.0, sums["reward_sq"] / n - mean * mean))}
+    for key in sorted(k[len("component/"):] for k in sums if k.startswith("component/")):
+        out[f"reward/{key.lstrip('_')}"] = sums[f"component/{key}"] / n
+    calls, errors = sums["tool_calls"], sums["tool_errors"]
+    out.update({
+        "rollout/tool_calls_per_episode": calls / n,
+        "rollout/tool_error_rate": errors / max(1, calls + errors),
+        "rollout/turns": sums["turns"] / n,
+        "rollout/response_tokens": sums["response_tokens"] / n,
+        "rollout/total_tokens": sums["total_tokens"] / n,
+        "rollout/truncated_frac": sums["truncated"] / n,
+        "rollout/answered_frac": sums["answered"] / n,
+    })
+    return out
+
+
+def sum_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise sum (missing keys count as 0), keys in first-seen order."""
+    out: dict[str, float] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
 class MetricsWriter:
-    def __init__(self, out_dir: Path, tensorboard: bool = True):
+    """``metrics.jsonl`` (+ TensorBoard) in ``out_dir``. ``enabled=False`` (data-parallel ranks
+    other than 0) writes nothing and opens no file."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True, enabled: bool = True):
         self.out_dir = Path(out_dir)
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def write(self, record: dict, step: int) -> None:
+        if self._jsonl is None:
+            return
         self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
@@ -56,9 +113,12 @@ class MetricsWriter:
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 class ProgressBar:

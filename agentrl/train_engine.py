@@ -7,13 +7,30 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
 
 class TrainEngine(Protocol):
     model: torch.nn.Module
+    # Data parallelism (one process: rank 0 of 1, reductions are the identity, barrier a no-op).
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def all_reduce_sum(self, value: float | Sequence[float]) -> float | list[float]:
+        """Sum over ranks of a scalar (returns a float) or of a sequence (returns a list)."""
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order."""
+
+    def barrier(self) -> None: ...
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
@@ -46,6 +63,10 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
 
 
 class TorchEngine:
+    rank = 0
+    world_size = 1
+    is_main = True
+
     def __init__(self, model: torch.nn.Module, optim_cfg, total_steps: int, autocast_bf16: bool = False):
         self.model = model
         self.cfg = optim_cfg
@@ -82,6 +103,24 @@ class TorchEngine:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    # -- data parallel helpers (one process) ---------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def all_reduce_sum(self, value):
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
+            return float(value)
+        if isinstance(value, (torch.Tensor, list, tuple)):
+            return [float(v) for v in value]
+        return float(value)
+
+    def all_gather_object(self, obj):
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
 
     def policy_state_dict(self):
         return self.model.state_dict()

@@ -3,6 +3,23 @@
 One step: collect groups of episodes -> shape rewards (overlong, KL) -> group-relative
 advantages -> clipped policy loss over generated tokens only -> optimiser step -> push weights
 to the rollout engine -> metrics, checkpoint. Algorithms are chosen by name from registries.
+
+Data parallel (``engine: deepspeed`` under ``torchrun`` / ``deepspeed``; the engine's ``rank`` /
+``world_size``; with ``TorchEngine`` these are 0 / 1 and every reduction is the identity):
+
+* Rollouts: every rank draws the same tasks (``data_pos`` stays in step) and keeps whole groups
+  ``rank::world_size``, sampling with a rank-offset seed. Dynamic sampling counts informative
+  groups over all ranks, so every rank makes the same number of tries.
+* Loss: micro-batch weights use the global normaliser (tokens or sequences summed over ranks)
+  times ``world_size`` (DeepSpeed averages gradients over ranks), so the update equals the
+  single-process update on the whole batch. Every rank runs the same number of micro-batches
+  (a short rank pads with a zero-weighted one: ZeRO-2/3 backward passes are collectives), and
+  the non-finite-loss and collapse-guard decisions are agreed over ranks.
+* Metrics are reduced over ranks; rank 0 alone writes them and shows the progress bar.
+* ZeRO-3 with HF rollouts: generating on the partitioned module would gather weights at every
+  forward, and ranks generating different lengths would hang. The rollout engine therefore runs
+  on a separate full copy of the model, refreshed from ``engine.policy_state_dict()`` (full weights
+  on every rank) after each step and restore. ZeRO-1/2 generate on the (replicated) policy module.
 """
 from __future__ import annotations
 
@@ -20,7 +37,8 @@ from agentrl.checkpoint import Checkpointer
 from agentrl.collector import Collector, CollectorConfig
 from agentrl.config import TrainConfig
 from agentrl.losses import entropy_from_logits, grpo_loss, kl_penalty, token_logprobs
-from agentrl.metrics import MetricsWriter, ProgressBar, rollout_metrics
+from agentrl.metrics import (MetricsWriter, ProgressBar, rollout_metrics, rollout_metrics_from_sums, rollout_sums,
+                             sum_dicts)
 from agentrl.types import Trajectory
 
 log = logging.getLogger("agentrl.trainer")
@@ -50,14 +68,19 @@ def make_train_engine(cfg: TrainConfig, model):
     return TorchEngine(model, cfg.optim, cfg.run.steps, autocast_bf16=cfg.model.dtype == "bfloat16")
 
 
-def make_rollout_engine(cfg: TrainConfig, model, tokenizer):
+def make_rollout_engine(cfg: TrainConfig, model, tokenizer, separate_copy: bool = False):
     if cfg.rollout.engine == "vllm":
         from agentrl.engines.vllm import VLLMEngine
 
         return VLLMEngine(cfg.model.path, **(cfg.rollout.vllm or {}))
     from agentrl.engines.hf import HFEngine
 
-    # On CPU the rollout engine shares the policy module: no weight copy, no push.
+    if separate_copy:  # ZeRO-3: a full, unpartitioned copy, refreshed by update_weights after each step
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=getattr(torch, cfg.model.dtype)).eval()
+        model.requires_grad_(False)
+    # Otherwise on CPU the rollout engine shares the policy module: no weight copy, no push.
     return HFEngine(model, tokenizer=tokenizer, num_threads=cfg.rollout.num_threads)
 
 
@@ -68,8 +91,12 @@ class GRPOTrainer:
         self.out = Path(cfg.run.output_dir)
         self.model, self.tokenizer = load_policy(cfg)
         self.engine = make_train_engine(cfg, self.model)
+        self.rank, self.world_size = self.engine.rank, self.engine.world_size
         self.ref_model = self._reference_model() if cfg.algorithm.kl_coef > 0 else None
-        self.rollout = make_rollout_engine(cfg, self.model, self.tokenizer)
+        rollout_copy = cfg.rollout.engine == "hf" and getattr(self.engine, "partitioned_weights", False)
+        self.rollout = make_rollout_engine(cfg, self.model, self.tokenizer, separate_copy=rollout_copy)
+        # the rollout engine holds its own weights: push the policy's after every change
+        self._push_weights = cfg.rollout.engine == "vllm" or rollout_copy
         env_kwargs = dict(cfg.env.kwargs)
         if cfg.env.dataset:
             env_kwargs["dataset"] = cfg.env.dataset
@@ -87,7 +114,7 @@ class GRPOTrainer:
         self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.run.keep_checkpoints)
         if resume and self.checkpointer.latest() is not None:
             self._restore(self.checkpointer.latest())
-        self.metrics = MetricsWriter(self.out, tensorboard=cfg.run.tensorboard)
+        self.metrics = MetricsWriter(self.out, tensorboard=cfg.run.tensorboard, enabled=self.engine.is_main)
 
     # -- setup ------------------------------------------------------------------------------
     def _load_tasks(self, env_kwargs: dict) -> list[dict]:
@@ -109,7 +136,7 @@ class GRPOTrainer:
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> list[dict]:
         history = []
-        with ProgressBar(self.cfg.run.steps, enabled=self.cfg.run.progress, start=self.step) as bar:
+        with ProgressBar(self.cfg.run.steps, enabled=self.cfg.run.progress and self.engine.is_main, start=self.step) as bar:
             while self.step < self.cfg.run.steps:
                 record = self.train_step()
                 history.append(record)
@@ -129,18 +156,36 @@ class GRPOTrainer:
         ref = self._reference_logprobs(trajs)
         t_ref = time.perf_counter()
         rewards = self._shaped_rewards(trajs, ref)
-        update = self._update(trajs, rewards, ref) if trajs else {"train/skipped": 1.0}
+        counts = self._per_rank(len(trajs))  # trajectories held by each rank
+        update = self._update(trajs, rewards, ref, counts) if sum(counts) else {"train/skipped": 1.0}
         t_train = time.perf_counter()
-        record = {**rollout_metrics(trajs), **sampling, **update}
+        record = {**self._rollout_metrics(trajs), **sampling, **update}
         record.update({"time/rollout_s": t_rollout - t0, "time/generation_s": self.collector.timing.get("generation_s", 0.0),
                        "time/tools_s": self.collector.timing.get("tools_s", 0.0), "time/reference_s": t_ref - t_rollout,
                        "time/training_s": t_train - t_ref, "time/step_s": t_train - t0})
         self.step += 1
-        if self._collapsed(record):
+        collapsed = self._collapsed(record)
+        if self.world_size > 1:  # the metrics are global already; agree anyway (restore is a collective)
+            collapsed = self.engine.all_reduce_sum(float(collapsed)) > 0
+            if collapsed and not record.get("guard/reasons"):
+                record["guard/reasons"] = "collapse detected on another rank"
+        if collapsed:
             self._recover(record)
-        elif self.cfg.rollout.engine == "vllm":
+        elif self._push_weights:
             self.rollout.update_weights(self.engine.policy_state_dict())
         return record
+
+    # -- data parallel helpers --------------------------------------------------------------
+    def _per_rank(self, value: float) -> list[float]:
+        """Every rank's ``value``, in rank order (one all-reduce)."""
+        if self.world_size == 1:
+            return [value]
+        return self.engine.all_reduce_sum([value if r == self.rank else 0.0 for r in range(self.world_size)])
+
+    def _rollout_metrics(self, trajs: list[Trajectory]) -> dict:
+        if self.world_size == 1:
+            return rollout_metrics(trajs)
+        return rollout_metrics_from_sums(sum_dicts(self.engine.all_gather_object(rollout_sums(trajs))))
 
     def _next_tasks(self, n: int) -> list[dict]:
         picked = []
@@ -155,22 +200,33 @@ class GRPOTrainer:
         a, r = self.cfg.algorithm, self.cfg.rollout
         kept: list[Trajectory] = []
         tries = dropped = 0
+        kept_groups = 0  # over all ranks
         while tries < (a.max_sampling_tries if a.dynamic_sampling else 1):
-            need = r.tasks_per_step - len(kept) // r.group_size
+            need = r.tasks_per_step - kept_groups
             if need <= 0:
                 break
-            batch = self.collector.collect(self._next_tasks(need), r.group_size, seed=self.step * 1000 + tries)
+            # every rank draws the same tasks (data_pos stays in step) and keeps whole groups rank::world_size
+            tasks = self._next_tasks(need)[self.rank::self.world_size]
+            seed = (self.step * 1000 + tries) * self.world_size + self.rank
+            batch = self.collector.collect(tasks, r.group_size, seed=seed) if tasks else []
             tries += 1
             for i, t in enumerate(batch):  # group ids unique across tries
                 t.group_id = t.group_id + len(kept) // r.group_size
-            if a.dynamic_sampling:
+            local_dropped = 0
+            if a.dynamic_sampling and batch:
                 rewards, groups = _rewards_groups(batch)
                 keep = adv_lib.informative_groups(rewards, groups).tolist()
-                dropped += (len(batch) - sum(keep)) // r.group_size
+                local_dropped = (len(batch) - sum(keep)) // r.group_size
                 batch = [t for t, k in zip(batch, keep) if k]
             kept += batch
+            if self.world_size > 1:
+                new_groups, new_dropped = self.engine.all_reduce_sum([len(batch) // r.group_size, local_dropped])
+                kept_groups += int(round(new_groups))
+                dropped += int(round(new_dropped))
+            else:
+                kept_groups, dropped = len(kept) // r.group_size, dropped + local_dropped
         stats = {"sampling/tries": float(tries), "sampling/dropped_groups": float(dropped),
-                 "sampling/groups": float(len(kept) // r.group_size)}
+                 "sampling/groups": float(kept_groups)}
         return kept, stats
 
     def _shaped_rewards(self, trajs: list[Trajectory], ref) -> torch.Tensor:
@@ -210,59 +266,99 @@ class GRPOTrainer:
                 out[i, start:end] = value
         return out * batch["loss_mask"]
 
-    def _update(self, trajs: list[Trajectory], rewards: torch.Tensor, ref) -> dict:
+    def _update(self, trajs: list[Trajectory], rewards: torch.Tensor, ref, counts: list[float] | None = None) -> dict:
+        """Epochs x minibatches of optimiser steps. Data parallel: each rank splits its own
+        trajectories into ``minibatches`` parts; minibatch ``m`` is the union of every rank's part
+        ``m`` (``counts``: trajectories per rank, from which every rank knows every split)."""
         a, o = self.cfg.algorithm, self.cfg.optim
-        batch = collate(trajs, self.tokenizer.pad_token_id)
-        if a.overlong == "mask":
-            batch["loss_mask"][torch.tensor([t.truncated for t in trajs])] = 0.0
-        batch["advantages"] = self._advantages(trajs, rewards, batch)
-        if ref is not None:
-            batch["ref_logprobs"] = ref["logprobs"]
+        counts = [len(trajs)] if counts is None else [int(round(c)) for c in counts]
+        batch = None
+        if trajs:
+            batch = collate(trajs, self.tokenizer.pad_token_id)
+            if a.overlong == "mask":
+                batch["loss_mask"][torch.tensor([t.truncated for t in trajs])] = 0.0
+            batch["advantages"] = self._advantages(trajs, rewards, batch)
+            if ref is not None:
+                batch["ref_logprobs"] = ref["logprobs"]
+        splits = [np.array_split(np.arange(c), a.minibatches) for c in counts]
+        local = splits[self.rank]
+        # per minibatch, over all ranks: sequences, loss tokens, and the most micro-batches of any rank
+        global_len = [sum(len(s[m]) for s in splits) for m in range(a.minibatches)]
+        n_micro = [max(math.ceil(len(s[m]) / o.micro_batch_size) for s in splits) for m in range(a.minibatches)]
+        tokens = [float(batch["loss_mask"][torch.as_tensor(mb)].sum()) if len(mb) else 0.0 for mb in local]
+        if self.world_size > 1:
+            tokens = self.engine.all_reduce_sum(tokens)
         self.model.train()
         sums: dict[str, float] = {}
+        norms = 0.0
         count = 0
         for _ in range(a.epochs):
-            for mb in np.array_split(np.arange(len(trajs)), a.minibatches):
-                stats, norm = self._minibatch_step(batch, torch.as_tensor(mb), o.micro_batch_size)
-                stats["grad_norm"] = norm
+            for m, mb in enumerate(local):
+                stats, norm = self._minibatch_step(batch, torch.as_tensor(mb), o.micro_batch_size,
+                                                   tokens[m], global_len[m], n_micro[m])
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
+                norms += norm
                 count += 1
         self.model.eval()
+        if self.world_size > 1:  # each rank's weights sum to world_size x its share
+            sums = {k: v / self.world_size for k, v in sum_dicts(self.engine.all_gather_object(sums)).items()}
+        sums["grad_norm"] = norms  # the global norm: the same on every rank
         return {f"train/{k}": v / count for k, v in sums.items()}
 
-    def _minibatch_step(self, batch: dict, index: torch.Tensor, micro: int) -> tuple[dict, float]:
+    def _minibatch_step(self, batch: dict | None, index: torch.Tensor, micro: int, global_tokens: float,
+                        global_len: int, n_micro: int) -> tuple[dict, float]:
         """Gradient accumulation where each micro-batch is weighted by its share of the
-        minibatch's tokens (token_mean) or sequences, so the sum equals the minibatch loss."""
+        minibatch's tokens (token_mean) or sequences, so the sum equals the minibatch loss.
+
+        Data parallel: the shares are of the global minibatch (``global_tokens`` / ``global_len``
+        over all ranks), times ``world_size`` since DeepSpeed averages gradients over ranks; every
+        rank runs ``n_micro`` micro-batches (padding with zero-weighted ones), and a non-finite
+        loss on any rank discards the minibatch on all."""
         a = self.cfg.algorithm
-        total_tokens = batch["loss_mask"][index].sum().clamp(min=1)
+        total_tokens = max(float(global_tokens), 1.0)
+        chunks = list(index.split(micro)) if len(index) else []
+        device = self.engine.device
         stats: dict[str, float] = {}
         bad = False
-        for chunk in index.split(micro):
-            mb = {k: v[chunk] for k, v in batch.items()}
-            width = int(mb["attention_mask"].sum(-1).max())
-            mb = {k: v[:, :width] for k, v in mb.items()}
-            logits = self.engine.forward(mb["input_ids"], mb["attention_mask"])
-            logprobs = token_logprobs(logits, mb["input_ids"], self.cfg.rollout.temperature)
-            # entropy_from_logits[t] belongs to the prediction of token t+1: align it like logprobs
-            entropy = torch.nn.functional.pad(entropy_from_logits(logits.detach())[:, :-1], (1, 0))
-            loss, m = grpo_loss(
-                logprobs, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], mb.get("ref_logprobs"),
-                clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
-                kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, aggregation=a.loss_agg,
-                max_len=self.cfg.rollout.max_total_tokens, entropy=entropy, entropy_coef=a.entropy_coef)
-            weight = (mb["loss_mask"].sum() / total_tokens) if a.loss_agg == "token_mean" else len(chunk) / len(index)
-            if self.cfg.guard.inject_nan_at_step == self.step and not self._nan_injected:
-                self._nan_injected = True
-                loss = loss * float("nan")
-            if not torch.isfinite(loss):
-                bad = True
+        for i in range(n_micro):
+            m = None
+            if i < len(chunks):
+                chunk = chunks[i]
+                mb = {k: v[chunk] for k, v in batch.items()}
+                width = int(mb["attention_mask"].sum(-1).max())
+                mb = {k: v[:, :width].to(device) for k, v in mb.items()}
+                logits = self.engine.forward(mb["input_ids"], mb["attention_mask"])
+                logprobs = token_logprobs(logits, mb["input_ids"], self.cfg.rollout.temperature)
+                # entropy_from_logits[t] belongs to the prediction of token t+1: align it like logprobs
+                entropy = torch.nn.functional.pad(entropy_from_logits(logits.detach())[:, :-1], (1, 0))
+                loss, m = grpo_loss(
+                    logprobs, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], mb.get("ref_logprobs"),
+                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
+                    kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, aggregation=a.loss_agg,
+                    max_len=self.cfg.rollout.max_total_tokens, entropy=entropy, entropy_coef=a.entropy_coef)
+                weight = (mb["loss_mask"].sum() / total_tokens) if a.loss_agg == "token_mean" else len(chunk) / global_len
+                if self.world_size > 1:
+                    weight = weight * self.world_size
+                if self.cfg.guard.inject_nan_at_step == self.step and not self._nan_injected:
+                    self._nan_injected = True
+                    loss = loss * float("nan")
+            else:  # this rank has fewer micro-batches: a zero-weighted one keeps the collectives in step
+                ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+                loss = self.engine.forward(ids, torch.ones_like(ids)).float().mean() * 0.0
+                weight = 0.0
+            bad = not bool(torch.isfinite(loss))
+            if self.world_size > 1:
+                bad = self.engine.all_reduce_sum(float(bad)) > 0
+            if bad:
                 stats["loss"] = float("nan")
                 break
             self.engine.backward(loss * weight)
-            for k, v in m.items():
-                stats[k] = stats.get(k, 0.0) + float(v) * float(weight)
-            stats["loss"] = stats.get("loss", 0.0) + loss.item() * float(weight)
+            if m is not None:
+                if "loss" not in m:
+                    m = {**m, "loss": loss.item()}
+                for k, v in m.items():  # (m["loss"] was once added twice: train/loss reported 2x the loss)
+                    stats[k] = stats.get(k, 0.0) + float(v) * float(weight)
         if bad:
             self.engine.zero_grad()
             return stats, float("nan")
@@ -301,6 +397,8 @@ class GRPOTrainer:
         else:  # no checkpoint yet: the bad update was not applied (NaN) or is undone by reloading
             self.step -= 1
             where = "no checkpoint yet; step discarded"
+            if self._push_weights:  # whatever the policy holds now, the rollout engine must match it
+                self.rollout.update_weights(self.engine.policy_state_dict())
         self.engine.scale_lr(g.lr_decay)
         record["guard/restored"] = 1.0
         log.warning("collapse guard at step %d: %s; %s; lr x%.2f", self.step, record["guard/reasons"], where, g.lr_decay)
@@ -313,7 +411,7 @@ class GRPOTrainer:
     def _restore(self, directory: Path) -> None:
         state = self.checkpointer.load(directory, self.engine)
         self.step, self.data_pos, self.restores = state["step"], state["data_pos"], state.get("restores", 0)
-        if self.cfg.rollout.engine == "vllm":
+        if self._push_weights:
             self.rollout.update_weights(self.engine.policy_state_dict())
 
     def close(self) -> None:
@@ -351,7 +449,7 @@ def cli_main(args) -> int:
         history = trainer.train()
     finally:
         trainer.close()
-    if history:
+    if history and trainer.engine.is_main:
         print(f"done: {len(history)} steps, last reward {history[-1].get('reward/mean', float('nan')):.3f}; "
               f"metrics in {trainer.out / 'metrics.jsonl'}")
     return 0
