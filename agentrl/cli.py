@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("rollouts", "show"): ("agentrl.rollout_cli:show", "pretty-print a saved trajectory with its loss mask"),
     ("index", "build"): ("agentrl.retrieval.index", "build a BM25 / dense / hybrid index over a JSONL corpus"),
     ("serve", "retrieval"): ("agentrl.retrieval.server", "serve an index over HTTP (Search-R1 API)"),
+    ("serve", "engine"): ("agentrl.engines.serve", "serve a rollout engine over an OpenAI-compatible /v1/completions API"),
     ("serve", "sandbox"): ("agentrl.sandbox.server", "serve the Python sandbox over HTTP"),
     ("train",): ("agentrl.trainer", "GRPO training from a YAML config"),
     ("sft",): ("agentrl.sft", "supervised warm start on tool-use traces"),
