@@ -1,0 +1,83 @@
+"""``agentrl bench trainer``: pure helpers (fast) and a real 2-step run of both frameworks (slow)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from agentrl import bench_trainer as bt
+
+
+def test_correctness_reward_reads_last_answer_of_any_assistant_message():
+    completions = [
+        [{"role": "assistant", "content": "so <answer>6</answer>"}],
+        [{"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]},
+         {"role": "tool", "name": "python", "content": "<answer>6</answer>"},  # tool text is not an answer
+         {"role": "assistant", "content": "<answer>7</answer>"}],
+        [{"role": "assistant", "content": "no answer"}],
+        "plain <answer> 6.0 </answer>",
+    ]
+    assert bt.correctness_reward(completions, ["6", "6", "6", "6"]) == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_steady_drops_the_warmup_step():
+    assert bt._steady([10.0, 2.0, 2.0], [100, 40, 60]) == (2.0, 25.0)
+    assert bt._steady([3.0], [30]) == (3.0, 10.0)
+
+
+def test_trl_tool_schema_equals_agentrl_tool_schema():
+    from transformers.utils import get_json_schema
+
+    fn = lambda code: code  # noqa: E731  (only the signature and docstring matter)
+    def python(code: str):
+        return fn(code)
+
+    python.__doc__ = f"{bt.TOOL_DOC}\n\nArgs:\n    code: Python source to run.\n"
+    assert get_json_schema(python) == bt._tool_schema()
+
+
+def test_hermes_trace_is_a_valid_tool_conversation():
+    from transformers import AutoTokenizer
+
+    from agentrl.model import cached_tiny_model
+
+    tok = AutoTokenizer.from_pretrained(cached_tiny_model())
+    task = bt._tasks(limit=1)[0]
+    text = tok.apply_chat_template(bt._hermes_trace(task), tools=[bt._tool_schema()], tokenize=False)
+    assert f'"arguments": {{"code": "print({task["a"]} * {task["b"]})"}}' in text
+    assert f"<tool_response>\n{task['answer']}\n</tool_response>" in text
+    assert text.rstrip().endswith(f"<answer>{task['answer']}</answer><|im_end|>")
+
+
+def test_ratios_and_verdict():
+    results = [
+        {"ok": True, "variant": "single", "framework": "agentrl", "s_per_step": 1.0, "tokens_per_s": 200.0,
+         "peak_rss_mb": 500.0, "cpu_s_per_step": 1.0},
+        {"ok": True, "variant": "single", "framework": "trl", "s_per_step": 2.0, "tokens_per_s": 100.0,
+         "peak_rss_mb": 1000.0, "cpu_s_per_step": 2.0},
+        {"ok": False, "variant": "tool", "framework": "trl", "error": "x"},
+    ]
+    r = bt._ratios(results)
+    assert set(r) == {"single"}
+    assert r["single"]["s_per_step_agentrl_over_trl"] == 0.5 and r["single"]["meets_target_1x"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl not installed (pip install -r bench-requirements.txt)")
+def test_bench_trainer_cli_runs_both_frameworks(tmp_path):
+    """2 steps of 2x2 completions, single-turn, both frameworks in subprocesses (~1 min on CPU)."""
+    from agentrl.cli import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "trainer", "--steps", "2", "--group-size", "2", "--prompts-per-step", "2",
+               "--max-new-tokens", "8", "--variants", "single", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert rc == 0, report
+    by = {r["framework"]: r for r in report["results"]}
+    assert set(by) == {"agentrl", "trl"}
+    for r in by.values():
+        assert r["ok"] and len(r["step_s"]) == 2 and r["s_per_step"] > 0 and r["peak_rss_mb"] > 50
+        assert 0 < r["gen_tokens_per_episode"] <= 8
+        assert r["torch_threads"] == 1
+    assert report["ratios"]["single"]["s_per_step_agentrl_over_trl"] > 0
