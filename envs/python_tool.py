@@ -57,15 +57,14 @@ class PythonToolEnv(ToolEnv):
         if tool_format not in FORMATS:
             raise ValueError(f"tool_format must be one of {sorted(FORMATS)}, got {tool_format!r}")
         tasks = load_jsonl(dataset, limit=limit, require=("question", "answer")) if isinstance(dataset, str) else list(dataset)
-        if isinstance(sandbox, str):
+        self._owns_sandbox = isinstance(sandbox, str) and tool_enabled
+        if self._owns_sandbox:
             from agentrl.sandbox import make_sandbox
 
-            sandbox, self._owns_sandbox = make_sandbox(sandbox), True
-        else:
-            self._owns_sandbox = False
+            sandbox = make_sandbox(sandbox)
         self.sandbox = sandbox
         tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
-        if not tool_enabled:  # the no-tool control: calls are answered, but nothing runs
+        if not tool_enabled:  # the no-tool control: calls are answered, nothing runs, no sandbox starts
             tool = DisabledTool(tool)
         parser, default_prompt = FORMATS[tool_format]
         super().__init__(tasks, [tool], parser(), max_turns=max_turns, render_mode=render_mode)
