@@ -279,8 +279,67 @@ def model_config(size: str, tokenizer):
     )
 
 
-def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Build tokenizer + randomly initialised Qwen2 causal LM into ``out_dir``; returns the path."""
+COPY_SOURCES = ("interpreter", "information", "documents", "tool_response", "code", "think")
+
+
+def copy_drill(rng: random.Random) -> str:
+    """One line of in-context copying, the skill any pretrained LLM brings: a digit string shown
+    inside one tag pair and repeated inside ``<answer>``, or an expression in a sentence
+    repeated inside a tag."""
+    def number(lo: int = 1, hi: int = 9) -> str:
+        return "".join(rng.choice("0123456789") for _ in range(rng.randint(lo, hi)))
+
+    if rng.random() < 0.5:
+        source = rng.choice(COPY_SOURCES)
+        digits = number(3, 9)
+        return f"<{source}>\n{digits}\n</{source}>\n<answer>{digits}</answer>"
+    expr = f"{number(1, 4)} {rng.choice('+-*/')} {number(1, 4)}"
+    lead = rng.choice(("What is", "Compute", "Find", "Evaluate", "The value of"))
+    tag = rng.choice(("code", "answer", "think"))
+    return f"{lead} {expr}?\n<{tag}>{expr}</{tag}>"
+
+
+def pretrain_copying(model, tokenizer, steps: int, seed: int, batch_size: int = 32, lr: float = 3e-3) -> float:
+    """A random-init tiny model cannot copy from its context; a pretrained LLM can. A few hundred
+    steps on short copy drills give the tiny stand-in that induction-head skill (the loss is on
+    the repeated digits only). Returns the final loss."""
+    import torch
+
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        texts = [copy_drill(rng) for _ in range(batch_size)]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, attn = enc.input_ids, enc.attention_mask
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+        mask = _second_copy_mask(ids, tokenizer)[:, 1:]
+        loss = -(logprobs * mask).sum() / mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return loss.item()
+
+
+def _second_copy_mask(ids, tokenizer):
+    """1 on the repeat (after the last opening tag of each drill, up to its closing tag)."""
+    import torch
+
+    openers = {tokenizer.convert_tokens_to_ids(t) for t in TAG_TOKENS if not t.startswith("</")}
+    mask = torch.zeros(ids.shape, dtype=torch.float32)
+    for b, row in enumerate(ids.tolist()):
+        start = max(i for i, t in enumerate(row) if t in openers) + 1
+        end = next(i for i in range(start, len(row)) if tokenizer.decode([row[i]]).startswith("</"))
+        mask[b, start:end] = 1.0
+    return mask
+
+
+def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pretrain_steps: int = 0) -> Path:
+    """Build tokenizer + randomly initialised Qwen2 causal LM into ``out_dir``; returns the path.
+    ``pretrain_steps`` > 0 adds the copy pretraining of :func:`pretrain_copying`."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
@@ -294,6 +353,8 @@ def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> P
     try:
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config).to(torch.float32)
+        if pretrain_steps:
+            pretrain_copying(model, tokenizer, pretrain_steps, seed)
     finally:
         torch.random.set_rng_state(rng_state)
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", EOS_TOKEN)]
@@ -354,6 +415,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="tiny (~1.4M params) or small (~27M)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-steps", type=int, default=0,
+                        help="steps of copy pretraining (in-context copying, as a pretrained LLM has); ~300 for the CPU demo")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -362,7 +425,7 @@ def cli_main(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
-    out = init_tiny_model(args.out, size=args.size, seed=args.seed)
+    out = init_tiny_model(args.out, size=args.size, seed=args.seed, pretrain_steps=args.pretrain_steps)
     model = AutoModelForCausalLM.from_pretrained(out)
     from transformers import AutoTokenizer
 

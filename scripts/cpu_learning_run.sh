@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${1:-0}; shift || true
 OUT=runs/cpu_learning/seed$SEED
+rm -rf "$OUT"  # a fresh run: metrics.jsonl appends across runs otherwise
 export OMP_WAIT_POLICY=PASSIVE
-agentrl model init --out "$OUT/tiny-model" --seed "$SEED"
+agentrl model init --out "$OUT/tiny-model" --seed "$SEED" --pretrain-steps 600
 agentrl sft configs/retool_sft_tiny_cpu.yaml "model.path=$OUT/tiny-model" "run.output_dir=$OUT/sft" \
   "run.seed=$SEED" "save_to=$OUT/sft-model"
 agentrl train configs/retool_learn_cpu.yaml "model.path=$OUT/sft-model" "run.output_dir=$OUT/grpo" \
