@@ -31,7 +31,7 @@ def engine(path):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from agentrl.engines import make_engine
 
-    eng = make_engine("vllm", str(path), enforce_eager=True, seed=0, dtype="float32")
+    eng = make_engine("vllm", str(path), enforce_eager=True, seed=0, dtype="float32", per_request_seed=True)
     yield eng
     eng.close()
 

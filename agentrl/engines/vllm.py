@@ -52,6 +52,7 @@ class VLLMEngine:
         logprobs_mode: str = "processed_logprobs",
         ignore_eos: bool = False,
         weights_dir: str | os.PathLike | None = None,
+        per_request_seed: bool | None = None,
         **llm_kwargs: Any,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU worker refuses to start without it
@@ -59,6 +60,14 @@ class VLLMEngine:
 
         self.model_path = str(model)
         self.ignore_eos = ignore_eos
+        # vLLM rewinds a seeded request's generator when it discards a partially prefilled
+        # step (chunked prefill of a large batch); CPU generators cannot rewind and the engine
+        # dies ("CPU Generator does not use offset"). So on CPU only the engine-level seed is used.
+        if per_request_seed is None:
+            import torch
+
+            per_request_seed = torch.cuda.is_available()
+        self.per_request_seed = per_request_seed
         self.logprobs_mode = logprobs_mode
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
@@ -126,7 +135,8 @@ class VLLMEngine:
         if not prompts:
             return []
         # vLLM gives child i of a seeded request the seed + i; offset per prompt so all differ.
-        params = [self._params(sp, None if sp.seed is None else int(sp.seed) + j * n) for j in range(len(prompts))]
+        seeded = sp.seed is not None and self.per_request_seed
+        params = [self._params(sp, int(sp.seed) + j * n if seeded else None) for j in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         truncated = bool(sp.top_k) or sp.top_p < 1.0
         mode = "truncated" if truncated and not (sp.temperature or 0) <= 0 else "full"
