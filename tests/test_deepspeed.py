@@ -27,7 +27,10 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ds_step_compare.py"
-WEIGHT_TOL = 1e-5
+# Adam turns a gradient element near zero into a step of about +-lr whatever its size, so fp32
+# vs fp64 reduction noise on such elements moves a weight by a few % of one step (lr 1e-3):
+# measured 2.7e-6 .. 2.4e-5 depending on the tiny model's build. 1e-4 is 10% of one step.
+WEIGHT_TOL = 1e-4
 # TorchEngine's clip_grad_norm_ sums in fp32, DeepSpeed's norm in fp64: ~1e-5 relative apart
 NORM_RTOL = 1e-4
 
