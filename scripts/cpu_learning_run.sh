@@ -2,14 +2,14 @@
 # The CPU run that learns: tiny model -> SFT warm start -> GRPO with the Python tool -> plot.
 # Usage: bash scripts/cpu_learning_run.sh [SEED] [extra train overrides...]
 # Env: ENGINE=hf|vllm (vllm needs scripts/setup_vllm_venv.sh), CONTROL=1 also runs the no-tool
-# control, OUT_ROOT (default runs/cpu_learning).
+# control, OUT_ROOT (default runs/cpu_learning), PRETRAIN_STEPS (copy drills, default 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${1:-0}; shift || true
 OUT=${OUT_ROOT:-runs/cpu_learning}/seed$SEED
 rm -rf "$OUT"  # a fresh run: metrics.jsonl appends across runs otherwise
 export OMP_WAIT_POLICY=PASSIVE
-agentrl model init --out "$OUT/tiny-model" --seed "$SEED" --pretrain-steps 600
+agentrl model init --out "$OUT/tiny-model" --seed "$SEED" --pretrain-steps "${PRETRAIN_STEPS:-600}"
 agentrl sft configs/retool_sft_tiny_cpu.yaml "model.path=$OUT/tiny-model" "run.output_dir=$OUT/sft" \
   "run.seed=$SEED" "save_to=$OUT/sft-model"
 TRAIN=(agentrl train)
