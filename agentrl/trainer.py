@@ -210,8 +210,9 @@ class GRPOTrainer:
             seed = (self.step * 1000 + tries) * self.world_size + self.rank
             batch = self.collector.collect(tasks, r.group_size, seed=seed) if tasks else []
             tries += 1
-            for i, t in enumerate(batch):  # group ids unique across tries
-                t.group_id = t.group_id + len(kept) // r.group_size
+            offset = len(kept) // r.group_size  # group ids unique across tries
+            for t in batch:
+                t.group_id += offset
             local_dropped = 0
             if a.dynamic_sampling and batch:
                 rewards, groups = _rewards_groups(batch)
