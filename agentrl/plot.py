@@ -10,6 +10,22 @@ def read_metrics(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def summarize(rows: list[dict], head: int = 3, tail: int = 10) -> dict:
+    """Start (mean of the first ``head`` steps: the post-SFT level), end (mean of the last
+    ``tail`` steps) and rise of reward and tool calls, and the median seconds per step."""
+    def mean(key: str, part: list[dict]) -> float:
+        values = [r[key] for r in part if key in r]
+        return sum(values) / len(values) if values else float("nan")
+
+    first, last = rows[:head], rows[-tail:]
+    times = sorted(r["time/step_s"] for r in rows if "time/step_s" in r)
+    out = {"steps": len(rows), "s_per_step": times[len(times) // 2] if times else float("nan")}
+    for name, key in (("reward", "reward/mean"), ("tool_calls", "rollout/tool_calls_per_episode")):
+        out[f"{name}_start"], out[f"{name}_end"] = mean(key, first), mean(key, last)
+        out[f"{name}_rise"] = out[f"{name}_end"] - out[f"{name}_start"]
+    return out
+
+
 def plot_runs(runs: dict[str, str | Path], out: str | Path, keys=("reward/mean", "rollout/tool_calls_per_episode")) -> Path:
     import matplotlib
 
@@ -43,4 +59,11 @@ def add_cli_args(parser) -> None:
 def cli_main(args) -> int:
     runs = dict(m.split("=", 1) if "=" in m else (Path(m).parent.name, m) for m in args.metrics)
     print(f"wrote {plot_runs(runs, args.out)}")
+    print(f"{'run':<20} {'steps':>5} {'reward first3 -> last10 (rise)':>32} {'tool calls first3 -> last10':>28} {'s/step':>7}")
+    for label, path in runs.items():
+        s = summarize(read_metrics(path))
+        print(
+            f"{label:<20} {s['steps']:>5} {s['reward_start']:>14.3f} -> {s['reward_end']:.3f} ({s['reward_rise']:+.3f})"
+            f" {s['tool_calls_start']:>17.2f} -> {s['tool_calls_end']:.2f} {s['s_per_step']:>7.1f}"
+        )
     return 0
