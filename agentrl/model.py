@@ -457,7 +457,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="tiny (~1.4M params) or small (~27M)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=0,
-                        help="steps of copy pretraining (in-context copying, as a pretrained LLM has); ~300 for the CPU demo")
+                        help="steps of copy pretraining (in-context copying, as a pretrained LLM has); 600 for the CPU demo")
 
 
 def cli_main(args: argparse.Namespace) -> int:
