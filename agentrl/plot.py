@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a line cut short (a run killed mid-write) is skipped."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def summarize(rows: list[dict], head: int = 3, tail: int = 10) -> dict:
@@ -42,7 +50,7 @@ def plot_runs(runs: dict[str, str | Path], out: str | Path, keys=("reward/mean",
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize="small")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +66,10 @@ def add_cli_args(parser) -> None:
 
 def cli_main(args) -> int:
     runs = dict(m.split("=", 1) if "=" in m else (Path(m).parent.name, m) for m in args.metrics)
+    missing = [path for path in runs.values() if not Path(path).is_file()]
+    if missing:
+        print(f"error: no metrics file at {', '.join(missing)}", file=sys.stderr)
+        return 2
     print(f"wrote {plot_runs(runs, args.out)}")
     print(f"{'run':<20} {'steps':>5} {'reward first3 -> last10 (rise)':>32} {'tool calls first3 -> last10':>28} {'s/step':>7}")
     for label, path in runs.items():
