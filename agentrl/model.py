@@ -283,7 +283,7 @@ COPY_SOURCES = ("interpreter", "information", "documents", "tool_response", "cod
 
 
 def copy_drill(rng: random.Random) -> str:
-    """One line of in-context copying, the skill any pretrained LLM brings: a digit string shown
+    """One drill of in-context copying, the skill any pretrained LLM brings: a digit string shown
     inside one tag pair and repeated inside ``<answer>``, or an expression in a sentence
     repeated inside a tag. Distractor numbers come first, so the model learns to copy from the
     latest source rather than from whatever digits are in context."""

@@ -54,6 +54,17 @@ def write_frame(fd: int, obj) -> None:
         buf = buf[os.write(fd, buf):]
 
 
+def wait_readable(fds: list, timeout_s: float | None) -> list[int]:
+    """The descriptors of ``fds`` (ints or objects with ``fileno()``) that are readable, at end
+    of file or in error within ``timeout_s``. ``poll``, not ``select``: select fails on
+    descriptors >= 1024, which a trainer holding a hundred sandbox sessions reaches."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000 + 0.999))
+    return [fd for fd, _ in poller.poll(timeout_ms)]
+
+
 def read_frame(fd: int):
     """One JSON message from a blocking fd, or None at end of file."""
     header = _read_exact(fd, _HEADER.size)
@@ -191,7 +202,7 @@ class Zygote:
 
     def take(self) -> dict:
         child = self.pool.pop(0) if self.pool else self.spawn()
-        if select.select([child["pidfd"]], [], [], 0)[0]:  # died while waiting (should not happen)
+        if wait_readable([child["pidfd"]], 0):  # died while waiting (should not happen)
             self.kill(child)
             child = self.spawn()
         # Processes still exiting count against RLIMIT_NPROC: after a fork bomb, wait for them.
@@ -242,7 +253,7 @@ class Zygote:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            ready, _, _ = select.select([*streams, child["status"], child["pidfd"]], [], [], remaining)
+            ready = wait_readable([*streams, child["status"], child["pidfd"]], remaining)
             for fd in ready:
                 if fd in streams:
                     self._read_capped(fd, streams, truncated)

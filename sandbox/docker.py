@@ -15,10 +15,10 @@ or a compromised Docker daemon; the host needs access to the Docker socket (whic
 from __future__ import annotations
 
 import json
-import select
 import struct
 import time
 
+from agentrl.sandbox._runner import wait_readable
 from agentrl.sandbox.base import SandboxError
 from agentrl.sandbox.local import STARTUP_TIMEOUT_S, LocalSandbox, WorkerDied
 
@@ -88,7 +88,7 @@ class _DockerWorker:
     def _recv_exact(self, n: int, deadline: float) -> bytes:
         chunks = bytearray()
         while len(chunks) < n:
-            if not select.select([self._sock], [], [], max(deadline - time.monotonic(), 0))[0]:
+            if not wait_readable([self._sock], max(deadline - time.monotonic(), 0)):
                 raise WorkerDied("no answer from the sandbox container in time")
             chunk = self._sock.recv(n - len(chunks))
             if not chunk:

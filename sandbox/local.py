@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import queue
-import select
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import threading
 import time
 import weakref
 
-from agentrl.sandbox._runner import SAFE_ENV, read_frame, write_frame
+from agentrl.sandbox._runner import SAFE_ENV, read_frame, wait_readable, write_frame
 from agentrl.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxSession
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner.py")
@@ -69,8 +68,7 @@ class _Worker:
 
     def _read(self, timeout_s: float) -> dict:
         fd = self.proc.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], timeout_s)
-        if not ready:
+        if not wait_readable([fd], timeout_s):
             raise WorkerDied(f"no answer from the sandbox worker within {timeout_s:.1f}s")
         # The zygote writes each frame in one go, so once it starts arriving the rest follows.
         reply = read_frame(fd)

@@ -188,3 +188,30 @@ def test_python_tool_on_local_sandbox(sandbox):
     assert tool.call({"code": "print(a * 2)"}) == "10"
     assert "TimeoutError" in tool.call({"code": "while True: pass"})
     tool.close()
+
+
+@pytest.mark.timeout(60)
+def test_works_with_descriptors_above_1024():
+    """A trainer with ~100 environments open holds over a thousand descriptors; ``select`` fails
+    on those (it did: 'filedescriptor out of range in select()' in every tool observation)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1300")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1300), hard))
+    fillers = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        sb = make_sandbox("local", workers=1)
+        try:
+            assert sb._all[0].proc.stdout.fileno() > 1024
+            assert sb.run("print(6 * 7)").stdout.strip() == "42"
+            with sb.open_session() as session:
+                session.run("x = 6")
+                assert session.run("print(x * 7)").stdout.strip() == "42"
+        finally:
+            sb.close()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
