@@ -19,15 +19,20 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def summarize(rows: list[dict], head: int = 3, tail: int = 10) -> dict:
-    """Start (mean of the first ``head`` steps: the post-SFT level), end (mean of the last
-    ``tail`` steps) and rise of reward and tool calls, and the median seconds per step."""
+    """Reward at step 1 (the post-SFT policy, before any update); start (mean of the first
+    ``head`` steps), end (mean of the last ``tail`` steps) and rise of reward and tool calls;
+    median seconds per step and of generation per step."""
     def mean(key: str, part: list[dict]) -> float:
         values = [r[key] for r in part if key in r]
         return sum(values) / len(values) if values else float("nan")
 
+    def median(key: str) -> float:
+        values = sorted(r[key] for r in rows if key in r)
+        return values[len(values) // 2] if values else float("nan")
+
     first, last = rows[:head], rows[-tail:]
-    times = sorted(r["time/step_s"] for r in rows if "time/step_s" in r)
-    out = {"steps": len(rows), "s_per_step": times[len(times) // 2] if times else float("nan")}
+    out = {"steps": len(rows), "s_per_step": median("time/step_s"), "generation_s_per_step": median("time/generation_s"),
+           "reward_step1": mean("reward/mean", rows[:1])}
     for name, key in (("reward", "reward/mean"), ("tool_calls", "rollout/tool_calls_per_episode")):
         out[f"{name}_start"], out[f"{name}_end"] = mean(key, first), mean(key, last)
         out[f"{name}_rise"] = out[f"{name}_end"] - out[f"{name}_start"]
@@ -71,11 +76,13 @@ def cli_main(args) -> int:
         print(f"error: no metrics file at {', '.join(missing)}", file=sys.stderr)
         return 2
     print(f"wrote {plot_runs(runs, args.out)}")
-    print(f"{'run':<20} {'steps':>5} {'reward first3 -> last10 (rise)':>32} {'tool calls first3 -> last10':>28} {'s/step':>7}")
+    print(f"{'run':<20} {'steps':>5} {'reward step1':>12} {'reward first3 -> last10 (rise)':>32} "
+          f"{'tool calls first3 -> last10':>28} {'s/step':>7} {'gen s/step':>10}")
     for label, path in runs.items():
         s = summarize(read_metrics(path))
         print(
-            f"{label:<20} {s['steps']:>5} {s['reward_start']:>14.3f} -> {s['reward_end']:.3f} ({s['reward_rise']:+.3f})"
-            f" {s['tool_calls_start']:>17.2f} -> {s['tool_calls_end']:.2f} {s['s_per_step']:>7.1f}"
+            f"{label:<20} {s['steps']:>5} {s['reward_step1']:>12.3f} {s['reward_start']:>14.3f} -> {s['reward_end']:.3f}"
+            f" ({s['reward_rise']:+.3f}) {s['tool_calls_start']:>17.2f} -> {s['tool_calls_end']:.2f}"
+            f" {s['s_per_step']:>7.1f} {s['generation_s_per_step']:>10.1f}"
         )
     return 0

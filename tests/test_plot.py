@@ -22,6 +22,7 @@ def test_summary_and_png(tmp_path, capsys):
     s = summarize(rows)
     assert abs(s["reward_start"] - 0.1) < 1e-9 and abs(s["reward_end"] - 0.9) < 1e-9
     assert abs(s["reward_rise"] - 0.8) < 1e-9 and s["tool_calls_end"] == 1.0 and s["s_per_step"] == 2.0
+    assert s["reward_step1"] == 0.0 and s["generation_s_per_step"] != s["generation_s_per_step"]  # NaN: not logged
     out = tmp_path / "reward.png"
     assert main(["plot", f"with tool={run}", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
