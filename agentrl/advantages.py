@@ -84,7 +84,7 @@ def _group_stats(x: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @register_advantage("grpo")
-def grpo_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Tensor:
+def grpo_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6, **_) -> Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath, arXiv:2402.03300):
 
         A_i = (r_i - mean_g(r)) / (std_g(r) + eps)
@@ -124,22 +124,29 @@ def rloo_advantage(rewards: Tensor, group_ids: Tensor, **_) -> Tensor:
 
 
 @register_advantage("reinforce_pp")
-def reinforce_pp_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Tensor:
-    """REINFORCE++-baseline (Hu 2025, "REINFORCE++", arXiv:2501.03262), outcome-reward form:
+def reinforce_pp_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-8, token_counts: Tensor | None = None,
+                           **_) -> Tensor:
+    """REINFORCE++-baseline (Hu 2025, "REINFORCE++", arXiv:2501.03262), outcome-reward form, as
+    verl's ``compute_reinforce_plus_plus_baseline_outcome_advantage``:
 
-        a_i = r_i - mean_g(r)                                  (group-mean baseline)
-        A_i = (a_i - mean_B(a)) / (std_B(a) + eps)             (global batch whitening)
+        a_i = r_i - mean_g(r)        (group-mean baseline; a group of one has baseline 0)
+        A_i = (a_i - mean(a)) / sqrt(var(a) + eps)     (whitened over the batch's trained tokens)
 
-    This is the ``reinforce_plus_plus_baseline`` variant of verl/OpenRLHF (not the plain
-    REINFORCE++ that whitens un-baselined discounted returns). Differences from verl: whitening is
-    over the B episodes (each episode weighs the same) rather than over all response tokens, and
-    the token-level KL-in-reward term is left to the loss (``kl_coef``). ``std_B`` is unbiased.
+    ``token_counts[i]``: episode i's trained tokens. verl tiles a_i over its response tokens and
+    whitens over all of them (``masked_whiten``: token-weighted mean, unbiased token variance);
+    weighting each episode by its token count is exactly that. Without ``token_counts`` every
+    episode weighs one. With ``group_size: 1`` (REINFORCE++'s usual setting) the baseline is thus
+    the batch, not the episode itself (which would make every advantage 0).
     """
-    _, mean, _ = _group_stats(rewards, group_ids)
-    a = rewards - mean
-    if a.numel() < 2:
+    n, mean, _ = _group_stats(rewards, group_ids)
+    a = rewards - torch.where(n > 1, mean, torch.zeros_like(mean))
+    w = torch.ones_like(a) if token_counts is None else torch.as_tensor(token_counts, dtype=a.dtype, device=a.device)
+    total = w.sum()
+    if total <= 1:
         return torch.zeros_like(a)
-    return (a - a.mean()) / (a.std() + eps)
+    mu = (w * a).sum() / total
+    var = (w * (a - mu) ** 2).sum() / total * total / (total - 1)  # verl's masked_var(unbiased=True)
+    return (a - mu) * torch.rsqrt(var + eps)
 
 
 # ----------------------------------------------------------------------------- turn-level
@@ -155,11 +162,12 @@ def _baseline_and_scale(returns: Tensor, group_ids: Tensor, estimator: str, eps:
     if estimator == "rloo":  # mean of the others; s = 0 for singleton groups
         others = (mean * n - returns) / (n - 1).clamp(min=1)
         return others, (n > 1).to(returns.dtype)
-    if estimator == "reinforce_pp":
-        a = returns - mean
+    if estimator == "reinforce_pp":  # episode-weighted whitening (turn-level returns have no single token count)
+        base = torch.where(n > 1, mean, torch.zeros_like(mean))
+        a = returns - base
         if a.numel() < 2:
             return returns, torch.zeros_like(returns)
-        return mean + a.mean(), torch.full_like(a, 1.0) / (a.std() + eps)
+        return base + a.mean(), torch.full_like(a, 1.0) * torch.rsqrt(a.var() + 1e-8)
     raise ValueError(f"turn_level_advantages: unsupported estimator {estimator!r}")
 
 
@@ -184,7 +192,8 @@ def turn_level_advantages(
         grpo:   b_i = mean_g(G_0),  s_i = 1 / (std_g(G_0) + eps)   (unbiased std)
         drgrpo: b_i = mean_g(G_0),  s_i = 1
         rloo:   b_i = mean_{j != i in g}(G_{j,0}),  s_i = 1   (0 for a group of one)
-        reinforce_pp: b_i = mean_g(G_0) (+ batch mean of the centred values), s_i = 1/(std_B + eps)
+        reinforce_pp: b_i = mean_g(G_0) (0 for a group of one) + the batch mean of the centred
+                      values, s_i = 1/sqrt(var_B + 1e-8)
 
     So A_{i,0} equals ``compute_advantages(estimator, G_0, group_ids)`` exactly, and later turns
     differ from it only by the (scaled) process rewards already collected before them. With no

@@ -29,6 +29,8 @@ class RunConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     tensorboard: bool = True
     progress: bool = True
+    save_trajectories: int = Field(4, ge=0)
+    """Trajectories of each step appended to ``output_dir/trajectories.jsonl`` (for reports); 0: none."""
 
 
 class ModelConfig(_Strict):
@@ -36,6 +38,9 @@ class ModelConfig(_Strict):
     init_if_missing: Literal["tiny", "small"] | None = "tiny"
     """Build a local tiny model at ``path`` when it does not exist (CPU demos); None for checkpoints."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of training and rollouts. ``engine: torch`` keeps float32 parameters (the
+    master weights) and runs bf16 under autocast; DeepSpeed keeps its own fp32 master copy
+    (``deepspeed.bf16``); vLLM samples in this dtype."""
     reference_path: str | None = None
     """Frozen reference model for KL; defaults to the initial policy weights when kl_coef > 0."""
 
@@ -84,6 +89,22 @@ class AlgorithmConfig(_Strict):
     overlong_penalty: float = 1.0
     epochs: int = Field(1, ge=1)
     minibatches: int = Field(1, ge=1)
+    old_logprobs: Literal["engine", "recompute"] = "engine"
+    """The behaviour log-probs in the PPO ratio. ``engine``: the rollout engine's, as sampled
+    (verl's bypass mode; free). ``recompute``: the trainer's own forward before the first update
+    (micro-batched, no grad), so the first ratio is exactly 1 whatever kernels/dtype the engine
+    used. Engine log-probs are always log_softmax(logits / T) of the *untruncated* distribution
+    for ``hf``; vLLM's with top_p < 1 or top_k > 0 are of the truncated, renormalised one."""
+    tis: Literal["none", "token", "sequence"] = "none"
+    """Truncated importance sampling on the trainer-to-engine ratio pi_old / pi_engine (needs
+    ``old_logprobs: recompute``): each token's loss is weighted by min(ratio, tis_cap), per token
+    or with the sequence's product of ratios (verl ``rollout_is``)."""
+    tis_cap: float = Field(2.0, gt=0)
+    mismatch_mask: Literal["none", "token", "sequence"] = "none"
+    """Drop tokens (or whole sequences) whose trainer-to-engine ratio lies outside
+    [1 / mismatch_threshold, mismatch_threshold] from the loss (verl ``rollout_rs``); needs
+    ``old_logprobs: recompute``."""
+    mismatch_threshold: float = Field(2.0, gt=1)
 
 
 class OptimConfig(_Strict):
@@ -94,6 +115,11 @@ class OptimConfig(_Strict):
     schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward; also the batch of reference and old-log-prob forwards."""
+    logprob_chunk_tokens: int = Field(1024, ge=1)
+    """LM-head rows per chunk when computing log-probs and entropy (peak memory ~ chunk x vocab)."""
+    sort_by_length: bool = True
+    """Group episodes of similar length into micro-batches (less padding; same gradient)."""
 
 
 class GuardConfig(_Strict):
@@ -143,6 +169,9 @@ class TrainConfig(_Strict):
             raise ValueError("deepspeed options are set but engine is torch: set engine: deepspeed or remove deepspeed")
         if r.max_new_tokens_per_turn > r.max_total_tokens:
             raise ValueError("rollout.max_new_tokens_per_turn exceeds rollout.max_total_tokens")
+        if (a.tis != "none" or a.mismatch_mask != "none") and a.old_logprobs != "recompute":
+            raise ValueError("algorithm.tis / mismatch_mask compare the trainer's log-probs with the engine's: "
+                             "set algorithm.old_logprobs: recompute")
         if a.clip_high < a.clip_low:
             raise ValueError("algorithm.clip_high < clip_low: clip-higher means clip_high >= clip_low")
         return self

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from agentrl.train_engine import lr_lambda
+from agentrl.train_engine import lr_lambda, optimizer_steps
 
 log = logging.getLogger("agentrl.deepspeed")
 
@@ -168,7 +168,7 @@ class DeepSpeedEngine:
                                          adamw_mode=True)
         else:
             optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        schedule = lr_lambda(o.warmup_steps, cfg.run.steps, o.schedule)
+        schedule = lr_lambda(o.warmup_steps, optimizer_steps(cfg), o.schedule)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
@@ -197,6 +197,39 @@ class DeepSpeedEngine:
         dev = self.engine.device
         out = self.engine(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False)
         return out.logits
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The body's hidden states. The body and head are called as submodules of the wrapped
+        model: under ZeRO-3 every submodule carries DeepSpeed's hooks, which gather its
+        partitioned parameters for the call (and again in backward)."""
+        dev = self.engine.device
+        module = self.engine.module
+        body = getattr(module, module.base_model_prefix)
+        return body(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False).last_hidden_state
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.engine.module.get_output_embeddings()(hidden)
+
+    def frozen_copy(self, model: torch.nn.Module):
+        """A frozen model (the KL reference) placed like the policy: on the device, in the policy's
+        dtype, and under ZeRO-3 partitioned over the ranks (a DeepSpeed inference engine without
+        an optimiser, as OpenRLHF and verl hold their reference). Returns its ModelParts."""
+        import deepspeed
+
+        from agentrl.logprobs import CausalLMParts
+
+        model.requires_grad_(False).eval()
+        if self.zero_stage < 3:
+            dtype = torch.bfloat16 if self.ds_cfg.bf16 else torch.float32
+            return CausalLMParts(model.to(self.engine.device, dtype))
+        config = {"train_micro_batch_size_per_gpu": self.config["train_micro_batch_size_per_gpu"],
+                  "train_batch_size": self.config["train_batch_size"],
+                  "zero_optimization": {"stage": 3, **({"offload_param": {"device": "cpu"}} if self.ds_cfg.offload else {})},
+                  "steps_per_print": 1 << 30}
+        if self.ds_cfg.bf16:
+            config["bf16"] = {"enabled": True}
+        engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
+        return CausalLMParts(engine.module)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)

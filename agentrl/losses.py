@@ -24,6 +24,7 @@ __all__ = [
     "AGGREGATIONS",
     "register_aggregation",
     "aggregate",
+    "aggregation_count",
     "grpo_loss",
 ]
 
@@ -95,6 +96,7 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate per token (Schulman et al. 2017, arXiv:1707.06347), to *minimise*:
 
@@ -105,6 +107,9 @@ def policy_loss(
     ``clip_high > clip_low`` is DAPO's clip-higher (Yu et al. 2025, arXiv:2503.14476, e.g. 0.28);
     dual clip bounds the loss of negative-advantage tokens whose ratio blew up (Ye et al. 2020,
     arXiv:1912.09729). ``advantages`` is ``[B]`` (broadcast over tokens) or ``[B, T]``.
+    ``is_weights`` ``[B, T]`` (detached) multiplies each token's loss: the truncated importance
+    weights pi_old / pi_rollout that correct a rollout engine's mismatch (verl's
+    ``rollout_is_weights``, applied the same way: ``pg_losses * rollout_is_weights``).
 
     Returns ``(loss_mat [B, T], metrics)``; ``loss_mat`` is exactly 0 where ``mask`` is 0, and the
     metrics (floats, masked tokens only) are ``clip_frac_low`` (A<0 and rho<1-clip_low),
@@ -129,6 +134,8 @@ def policy_loss(
         loss3 = -advantages * dual_clip
         loss = torch.where(neg, torch.minimum(loss, loss3), loss)
         dual = neg & (ratio > dual_clip)
+    if is_weights is not None:
+        loss = loss * is_weights.detach().to(loss.dtype)
     loss = torch.where(keep, loss, torch.zeros_like(loss))
 
     with torch.no_grad():
@@ -200,12 +207,17 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Tens
 
 # ----------------------------------------------------------------------------- aggregation
 
-AggFn = Callable[..., Tensor]
+AggFn = Callable[..., tuple[Tensor, Tensor]]
 AGGREGATIONS: dict[str, AggFn] = {}
 
 
 def register_aggregation(name: str) -> Callable[[AggFn], AggFn]:
-    """Decorator: register ``fn(loss_mat, mask, max_len=None) -> scalar`` under ``name``."""
+    """Decorator: register ``fn(loss_mat, mask, max_len=None) -> (total, count)`` under ``name``.
+
+    An aggregation is a ratio ``total / count`` whose numerator and denominator are both sums
+    over sequences. Kept apart, they let the trainer split a minibatch into micro-batches (and
+    data-parallel ranks) and still divide every micro-batch's ``total`` by the *minibatch's*
+    ``count``, so the accumulated gradient does not depend on the micro-batch size."""
 
     def deco(fn: AggFn) -> AggFn:
         AGGREGATIONS[name] = fn
@@ -221,36 +233,47 @@ def _masked(loss_mat: Tensor, mask: Tensor) -> Tensor:
 
 
 @register_aggregation("token_mean")
-def agg_token_mean(loss_mat: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
+def agg_token_mean(loss_mat: Tensor, mask: Tensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
     """DAPO token-level loss (arXiv:2503.14476): sum_{i,t} m_it l_it / sum_{i,t} m_it.
     Every trained token in the batch weighs the same, whatever its sequence's length."""
-    return _masked(loss_mat, mask).sum() / mask.to(loss_mat.dtype).sum().clamp(min=1)
+    return _masked(loss_mat, mask).sum(), mask.to(loss_mat.dtype).sum()
 
 
 @register_aggregation("seq_mean_token_mean")
-def agg_seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
+def agg_seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
     """Original GRPO (arXiv:2402.03300): 1/G sum_i (1/|o_i|) sum_t m_it l_it.
-    Sequences without any trained token are left out of the mean over sequences."""
+    Sequences without any trained token (e.g. truncated ones under ``overlong: mask``) are left
+    out of the mean over sequences: ``count`` is the number of sequences with a trained token."""
     n = mask.to(loss_mat.dtype).sum(-1)
     seq = _masked(loss_mat, mask).sum(-1) / n.clamp(min=1)
-    return seq.sum() / (n > 0).sum().clamp(min=1)
+    return seq.sum(), (n > 0).to(loss_mat.dtype).sum()
 
 
 @register_aggregation("seq_mean_token_sum_norm")
-def agg_seq_mean_token_sum_norm(loss_mat: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
+def agg_seq_mean_token_sum_norm(loss_mat: Tensor, mask: Tensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
     """Dr. GRPO (arXiv:2503.20783): 1/B sum_i (sum_t m_it l_it) / max_len with a *constant*
     max_len (default: T = ``loss_mat.shape[-1]``), removing GRPO's per-sequence length bias.
     (verl's mode of this name divides the batch sum by max_len, i.e. B times this value.)"""
     norm = float(max_len if max_len is not None else loss_mat.shape[-1])
-    return (_masked(loss_mat, mask).sum(-1) / norm).mean()
+    return (_masked(loss_mat, mask).sum(-1) / norm).sum(), loss_mat.new_tensor(float(loss_mat.shape[0]))
 
 
-def aggregate(name: str, loss_mat: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
-    """Reduce a per-token loss ``[B, T]`` to a scalar with the aggregation ``name``; tokens with
-    mask 0 contribute exactly zero (value and gradient)."""
+def aggregation_count(name: str, mask: Tensor) -> float:
+    """The denominator ``aggregate(name, ., mask)`` divides by (it depends on the mask only)."""
     if name not in AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {name!r}; known: {sorted(AGGREGATIONS)}")
-    return AGGREGATIONS[name](loss_mat, mask, max_len=max_len)
+    return float(AGGREGATIONS[name](torch.zeros(mask.shape), mask)[1])
+
+
+def aggregate(name: str, loss_mat: Tensor, mask: Tensor, max_len: int | None = None,
+              normalizer: float | None = None) -> Tensor:
+    """Reduce a per-token loss ``[B, T]`` to a scalar with the aggregation ``name``; tokens with
+    mask 0 contribute exactly zero (value and gradient). ``normalizer`` replaces the batch's own
+    denominator (the minibatch's, when this batch is one micro-batch of it)."""
+    if name not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {name!r}; known: {sorted(AGGREGATIONS)}")
+    total, count = AGGREGATIONS[name](loss_mat, mask, max_len=max_len)
+    return total / (count.clamp(min=1) if normalizer is None else max(float(normalizer), 1.0))
 
 
 # ----------------------------------------------------------------------------- composed loss
@@ -272,6 +295,8 @@ def grpo_loss(
     max_len: int | None = None,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
+    normalizer: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The GRPO objective for one (micro-)batch, to minimise:
 
@@ -284,26 +309,29 @@ def grpo_loss(
     (``None`` = on-policy, i.e. ``logprobs.detach()``: ratio 1, the plain policy gradient);
     ``ref_logprobs`` is only needed when ``kl_coef != 0`` (if given with ``kl_coef == 0`` the KL
     is still reported). ``entropy`` ``[B, T]`` (e.g. from :func:`entropy_from_logits`, aligned
-    with the mask) is reported, and enters the loss when ``entropy_coef != 0``.
+    with the mask) is reported, and enters the loss when ``entropy_coef != 0``: it must then carry
+    the gradient (not be detached), or the bonus changes only the logged loss.
+    ``normalizer``: the aggregation's denominator over the whole minibatch when this call sees
+    one micro-batch of it (see :func:`aggregation_count`); ``is_weights``: see :func:`policy_loss`.
 
     Returns ``(scalar loss, metrics)`` with float metrics ``loss``, ``pg_loss``, ``kl``
     (if computed), ``entropy`` (if given) and those of :func:`policy_loss`.
     """
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
-    pg_mat, metrics = policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, dual_clip)
-    pg = aggregate(aggregation, pg_mat, mask, max_len)
+    pg_mat, metrics = policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, dual_clip, is_weights)
+    pg = aggregate(aggregation, pg_mat, mask, max_len, normalizer)
     loss = pg
     metrics = {"pg_loss": _f(pg), **metrics}
     if kl_coef != 0.0 and ref_logprobs is None:
         raise ValueError("kl_coef != 0 needs ref_logprobs")
     if ref_logprobs is not None:
-        kl = aggregate(aggregation, kl_penalty(logprobs, ref_logprobs, kl_kind), mask, max_len)
+        kl = aggregate(aggregation, kl_penalty(logprobs, ref_logprobs, kl_kind), mask, max_len, normalizer)
         metrics["kl"] = _f(kl)
         if kl_coef != 0.0:
             loss = loss + kl_coef * kl
     if entropy is not None:
-        ent = aggregate(aggregation, entropy, mask, max_len)
+        ent = aggregate(aggregation, entropy, mask, max_len, normalizer)
         metrics["entropy"] = _f(ent)
         if entropy_coef != 0.0:
             loss = loss - entropy_coef * ent

@@ -88,7 +88,10 @@ class MetricsWriter:
     """``metrics.jsonl`` (+ TensorBoard) in ``out_dir``. ``enabled=False`` (data-parallel ranks
     other than 0) writes nothing and opens no file."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, out_dir: Path, tensorboard: bool = True, enabled: bool = True, resume_step: int | None = None):
+        """``resume_step``: the step of the checkpoint a resumed run starts from. Rows logged after
+        it (by the run that crashed after its last checkpoint) are dropped from the JSONL and
+        purged from TensorBoard, since the resumed run logs those steps again."""
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self._jsonl = None
@@ -96,11 +99,15 @@ class MetricsWriter:
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.out_dir / "metrics.jsonl"
+        if resume_step is not None and path.is_file():
+            _truncate_after(path, resume_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge)
 
     def write(self, record: dict, step: int) -> None:
         if self._jsonl is None:
@@ -119,6 +126,22 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` up to ``step`` (a cut-off last line is dropped too); atomic."""
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                kept.append(json.dumps(row) + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 class ProgressBar:

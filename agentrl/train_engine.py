@@ -32,7 +32,14 @@ class TrainEngine(Protocol):
 
     def barrier(self) -> None: ...
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Full ``[B, T, V]`` logits (SFT; the RL loss uses ``hidden`` + ``head`` instead)."""
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The model body's final hidden states ``[B, T, H]`` (see :mod:`agentrl.logprobs`)."""
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on some hidden states: logits ``[..., V]``."""
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -50,6 +57,12 @@ class TrainEngine(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
+def optimizer_steps(cfg) -> int:
+    """Optimiser steps in a whole run: the LR schedule's horizon. The scheduler steps once per
+    optimiser step, i.e. ``epochs x minibatches`` times per training step."""
+    return cfg.run.steps * cfg.algorithm.epochs * cfg.algorithm.minibatches
+
+
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -63,12 +76,23 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
 
 
 class TorchEngine:
+    """One process. ``autocast_bf16`` (``model.dtype: bfloat16``) runs forward passes under bf16
+    autocast over float32 parameters: the parameters are the fp32 master weights AdamW updates.
+    (AdamW on bf16 parameters loses every update smaller than bf16's resolution: at lr 1e-6 not
+    one weight changes.)"""
+
     rank = 0
     world_size = 1
     is_main = True
 
     def __init__(self, model: torch.nn.Module, optim_cfg, total_steps: int, autocast_bf16: bool = False):
+        from agentrl.logprobs import CausalLMParts
+
+        if any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
+            raise ValueError("TorchEngine trains float32 parameters (its master weights); load the model in float32 "
+                             "and set autocast_bf16 for bf16 compute")
         self.model = model
+        self.parts = CausalLMParts(model, autocast_bf16)
         self.cfg = optim_cfg
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
                                            weight_decay=optim_cfg.weight_decay)
@@ -80,6 +104,22 @@ class TorchEngine:
         device_type = next(self.model.parameters()).device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def hidden(self, input_ids, attention_mask):
+        return self.parts.hidden(input_ids, attention_mask)
+
+    def head(self, hidden):
+        return self.parts.head(hidden)
+
+    def frozen_copy(self, model: torch.nn.Module):
+        """A frozen model (the KL reference) on the policy's device in its compute dtype (bf16
+        weights under autocast: no master copy is needed for a model that is never updated);
+        returns its ModelParts."""
+        from agentrl.logprobs import CausalLMParts
+
+        dtype = torch.bfloat16 if self.parts.autocast_bf16 else torch.float32
+        model = model.to(self.device, dtype).eval().requires_grad_(False)
+        return CausalLMParts(model, self.parts.autocast_bf16)
 
     def backward(self, loss):
         loss.backward()

@@ -23,6 +23,7 @@ Data parallel (``engine: deepspeed`` under ``torchrun`` / ``deepspeed``; the eng
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -30,15 +31,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from agentrl import advantages as adv_lib
 from agentrl.batch import collate
 from agentrl.checkpoint import Checkpointer
 from agentrl.collector import Collector, CollectorConfig
 from agentrl.config import TrainConfig
-from agentrl.losses import entropy_from_logits, grpo_loss, kl_penalty, token_logprobs
+from agentrl.losses import kl_penalty
 from agentrl.metrics import (MetricsWriter, ProgressBar, rollout_metrics, rollout_metrics_from_sums, rollout_sums,
                              sum_dicts)
+from agentrl.policy_update import PolicyUpdate
 from agentrl.types import Trajectory
 
 log = logging.getLogger("agentrl.trainer")
@@ -54,7 +57,8 @@ def load_policy(cfg: TrainConfig):
         init_tiny_model(path, size=cfg.model.init_if_missing, seed=cfg.run.seed)
     if not path.exists():
         raise FileNotFoundError(f"model.path {path} does not exist (set model.init_if_missing: tiny to build one)")
-    dtype = getattr(torch, cfg.model.dtype)
+    # engine: torch keeps float32 parameters (master weights) and computes in bf16 under autocast
+    dtype = torch.float32 if cfg.engine == "torch" else getattr(torch, cfg.model.dtype)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
 
 
@@ -63,16 +67,22 @@ def make_train_engine(cfg: TrainConfig, model):
         from agentrl.deepspeed_engine import DeepSpeedEngine
 
         return DeepSpeedEngine(model, cfg)
-    from agentrl.train_engine import TorchEngine
+    from agentrl.train_engine import TorchEngine, optimizer_steps
 
-    return TorchEngine(model, cfg.optim, cfg.run.steps, autocast_bf16=cfg.model.dtype == "bfloat16")
+    return TorchEngine(model, cfg.optim, optimizer_steps(cfg), autocast_bf16=cfg.model.dtype == "bfloat16")
+
+
+def vllm_engine_kwargs(cfg: TrainConfig) -> dict:
+    """``VLLMEngine`` options: the run's ``rollout.vllm`` over a dtype that follows ``model.dtype``
+    (vLLM samples in the training dtype unless ``rollout.vllm.dtype`` says otherwise)."""
+    return {"dtype": cfg.model.dtype, **(cfg.rollout.vllm or {})}
 
 
 def make_rollout_engine(cfg: TrainConfig, model, tokenizer, separate_copy: bool = False):
     if cfg.rollout.engine == "vllm":
         from agentrl.engines.vllm import VLLMEngine
 
-        return VLLMEngine(cfg.model.path, **(cfg.rollout.vllm or {}))
+        return VLLMEngine(cfg.model.path, **vllm_engine_kwargs(cfg))
     from agentrl.engines.hf import HFEngine
 
     if separate_copy:  # ZeRO-3: a full, unpartitioned copy, refreshed by update_weights after each step
@@ -92,7 +102,8 @@ class GRPOTrainer:
         self.model, self.tokenizer = load_policy(cfg)
         self.engine = make_train_engine(cfg, self.model)
         self.rank, self.world_size = self.engine.rank, self.engine.world_size
-        self.ref_model = self._reference_model() if cfg.algorithm.kl_coef > 0 else None
+        self.ref = self._reference_model() if cfg.algorithm.kl_coef > 0 else None
+        self.updater = PolicyUpdate(self.engine, cfg)
         rollout_copy = cfg.rollout.engine == "hf" and getattr(self.engine, "partitioned_weights", False)
         self.rollout = make_rollout_engine(cfg, self.model, self.tokenizer, separate_copy=rollout_copy)
         # the rollout engine holds its own weights: push the policy's after every change
@@ -110,11 +121,15 @@ class GRPOTrainer:
         self.tasks = self._load_tasks(env_kwargs)
         self.order = np.random.default_rng(cfg.run.seed).permutation(len(self.tasks)).tolist()
         self.step, self.data_pos, self.restores = 0, 0, 0
-        self._nan_injected = False
         self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.run.keep_checkpoints)
-        if resume and self.checkpointer.latest() is not None:
+        resumed = resume and self.checkpointer.latest() is not None
+        if resumed:
             self._restore(self.checkpointer.latest())
-        self.metrics = MetricsWriter(self.out, tensorboard=cfg.run.tensorboard, enabled=self.engine.is_main)
+        self.metrics = MetricsWriter(self.out, tensorboard=cfg.run.tensorboard, enabled=self.engine.is_main,
+                                     resume_step=self.step if resumed else None)
+        if self.engine.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     # -- setup ------------------------------------------------------------------------------
     def _load_tasks(self, env_kwargs: dict) -> list[dict]:
@@ -127,11 +142,13 @@ class GRPOTrainer:
             probe.close()
 
     def _reference_model(self):
+        """The frozen KL reference, placed by the train engine like the policy (its device and
+        compute dtype; partitioned under ZeRO-3); returns its ModelParts."""
         from transformers import AutoModelForCausalLM
 
         path = self.cfg.model.reference_path or self.cfg.model.path
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.cfg.model.dtype))
-        return ref.eval().requires_grad_(False)
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return self.engine.frozen_copy(ref)
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> list[dict]:
@@ -141,6 +158,7 @@ class GRPOTrainer:
                 record = self.train_step()
                 history.append(record)
                 self.metrics.write(record, self.step)
+                self._save_trajectories()
                 bar.update(self.step, record)
                 if record.get("guard/restored"):
                     continue
@@ -153,13 +171,18 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         trajs, sampling = self._sample_batch()
         t_rollout = time.perf_counter()
-        ref = self._reference_logprobs(trajs)
+        counts = [int(round(c)) for c in self._per_rank(len(trajs))]  # trajectories held by each rank
+        batch = collate(trajs, self.tokenizer.pad_token_id) if trajs else None
+        ref = self._reference_logprobs(batch, counts)
         t_ref = time.perf_counter()
         rewards = self._shaped_rewards(trajs, ref)
-        counts = self._per_rank(len(trajs))  # trajectories held by each rank
-        update = self._update(trajs, rewards, ref, counts) if sum(counts) else {"train/skipped": 1.0}
+        if batch is not None:
+            self._prepare(batch, trajs, rewards, ref)
+        batch_stats = self._batch_metrics(trajs, rewards, batch)
+        update = self.updater(batch, counts, self.step) if sum(counts) else {"train/skipped": 1.0}
         t_train = time.perf_counter()
-        record = {**self._rollout_metrics(trajs), **sampling, **update}
+        self._last_trajs = trajs
+        record = {**self._rollout_metrics(trajs), **batch_stats, **sampling, **update}
         record.update({"time/rollout_s": t_rollout - t0, "time/generation_s": self.collector.timing.get("generation_s", 0.0),
                        "time/tools_s": self.collector.timing.get("tools_s", 0.0), "time/reference_s": t_ref - t_rollout,
                        "time/training_s": t_train - t_ref, "time/step_s": t_train - t0})
@@ -201,6 +224,7 @@ class GRPOTrainer:
         kept: list[Trajectory] = []
         tries = dropped = 0
         kept_groups = 0  # over all ranks
+        next_group = 0  # group ids are unique within the step: each try's groups get fresh ones
         while tries < (a.max_sampling_tries if a.dynamic_sampling else 1):
             need = r.tasks_per_step - kept_groups
             if need <= 0:
@@ -210,9 +234,9 @@ class GRPOTrainer:
             seed = (self.step * 1000 + tries) * self.world_size + self.rank
             batch = self.collector.collect(tasks, r.group_size, seed=seed) if tasks else []
             tries += 1
-            offset = len(kept) // r.group_size  # group ids unique across tries
             for t in batch:
-                t.group_id += offset
+                t.group_id += next_group
+            next_group += len(tasks)
             local_dropped = 0
             if a.dynamic_sampling and batch:
                 rewards, groups = _rewards_groups(batch)
@@ -242,21 +266,24 @@ class GRPOTrainer:
             rewards -= a.kl_coef * ref["seq_kl"]
         return rewards
 
-    def _reference_logprobs(self, trajs: list[Trajectory]):
-        if self.ref_model is None or not trajs:
+    def _reference_logprobs(self, batch: dict | None, counts: list[int]):
+        """Reference log-probs in micro-batches (every rank runs the same number of forwards: a
+        collective under ZeRO-3) and each episode's summed KL estimate ``kl_kind`` on its
+        sampled tokens (for ``kl_in_reward``)."""
+        if self.ref is None:
             return None
-        batch = collate(trajs, self.tokenizer.pad_token_id)
-        with torch.no_grad():
-            logits = self.ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            ref_lp = token_logprobs(logits, batch["input_ids"], self.cfg.rollout.temperature)
-        seq_kl = (kl_penalty(batch["old_logprobs"], ref_lp, "k1") * batch["loss_mask"]).sum(-1)
+        ref_lp = self.updater.logprobs(self.ref, batch, counts)
+        if batch is None:
+            return None
+        kl = kl_penalty(batch["old_logprobs"], ref_lp, self.cfg.algorithm.kl_kind)
+        seq_kl = torch.where(batch["loss_mask"].bool(), kl, 0.0).sum(-1)
         return {"logprobs": ref_lp, "seq_kl": seq_kl}
 
     def _advantages(self, trajs: list[Trajectory], rewards: torch.Tensor, batch: dict) -> torch.Tensor:
         a = self.cfg.algorithm
         groups = torch.tensor([t.group_id for t in trajs])
         if not a.turn_level:
-            per_episode = adv_lib.compute_advantages(a.advantage, rewards, groups)
+            per_episode = adv_lib.compute_advantages(a.advantage, rewards, groups, token_counts=batch["loss_mask"].sum(-1))
             return per_episode[:, None] * batch["loss_mask"]
         turn_rewards = [[turn.reward for turn in t.turns] for t in trajs]
         outcome = rewards - torch.tensor([sum(tr) for tr in turn_rewards])
@@ -267,103 +294,54 @@ class GRPOTrainer:
                 out[i, start:end] = value
         return out * batch["loss_mask"]
 
-    def _update(self, trajs: list[Trajectory], rewards: torch.Tensor, ref, counts: list[float] | None = None) -> dict:
-        """Epochs x minibatches of optimiser steps. Data parallel: each rank splits its own
-        trajectories into ``minibatches`` parts; minibatch ``m`` is the union of every rank's part
-        ``m`` (``counts``: trajectories per rank, from which every rank knows every split)."""
-        a, o = self.cfg.algorithm, self.cfg.optim
-        counts = [len(trajs)] if counts is None else [int(round(c)) for c in counts]
-        batch = None
+    def _prepare(self, batch: dict, trajs: list[Trajectory], rewards: torch.Tensor, ref) -> None:
+        """Loss mask (overlong), advantages and reference log-probs into the collated batch."""
+        if self.cfg.algorithm.overlong == "mask":
+            batch["loss_mask"][torch.tensor([t.truncated for t in trajs])] = 0.0
+        batch["advantages"] = self._advantages(trajs, rewards, batch)
+        if ref is not None:
+            batch["ref_logprobs"] = ref["logprobs"]
+
+    def _batch_metrics(self, trajs: list[Trajectory], rewards: torch.Tensor, batch: dict | None) -> dict:
+        """verl's / TRL's batch statistics: advantages over trained tokens, groups with all-equal
+        rewards (no gradient), response lengths and the share cut at the length limit."""
+        sums = {"adv_n": 0.0, "adv_sum": 0.0, "adv_sq": 0.0, "groups": 0.0, "flat_groups": 0.0, "episodes": 0.0,
+                "resp_sum": 0.0, "clipped": 0.0}
+        extremes = {"adv_max": -math.inf, "adv_min": math.inf, "resp_max": 0.0}
         if trajs:
-            batch = collate(trajs, self.tokenizer.pad_token_id)
-            if a.overlong == "mask":
-                batch["loss_mask"][torch.tensor([t.truncated for t in trajs])] = 0.0
-            batch["advantages"] = self._advantages(trajs, rewards, batch)
-            if ref is not None:
-                batch["ref_logprobs"] = ref["logprobs"]
-        splits = [np.array_split(np.arange(c), a.minibatches) for c in counts]
-        local = splits[self.rank]
-        # per minibatch, over all ranks: sequences, loss tokens, and the most micro-batches of any rank
-        global_len = [sum(len(s[m]) for s in splits) for m in range(a.minibatches)]
-        n_micro = [max(math.ceil(len(s[m]) / o.micro_batch_size) for s in splits) for m in range(a.minibatches)]
-        tokens = [float(batch["loss_mask"][torch.as_tensor(mb)].sum()) if len(mb) else 0.0 for mb in local]
+            keep = batch["loss_mask"].bool()
+            adv = batch["advantages"][keep].double()
+            _, groups = _rewards_groups(trajs)
+            informative = adv_lib.informative_groups(rewards, groups)
+            lengths = [len(t.input_ids) - t.prompt_len for t in trajs]
+            sums.update(adv_n=float(adv.numel()), adv_sum=float(adv.sum()), adv_sq=float((adv ** 2).sum()),
+                        groups=float(len(set(groups.tolist()))), episodes=float(len(trajs)), resp_sum=float(sum(lengths)),
+                        flat_groups=float(len({g for g, i in zip(groups.tolist(), informative.tolist()) if not i})),
+                        clipped=float(sum(t.truncated for t in trajs)))
+            if adv.numel():
+                extremes.update(adv_max=float(adv.max()), adv_min=float(adv.min()))
+            extremes["resp_max"] = float(max(lengths))
         if self.world_size > 1:
-            tokens = self.engine.all_reduce_sum(tokens)
-        self.model.train()
-        sums: dict[str, float] = {}
-        norms = 0.0
-        count = 0
-        for _ in range(a.epochs):
-            for m, mb in enumerate(local):
-                stats, norm = self._minibatch_step(batch, torch.as_tensor(mb), o.micro_batch_size,
-                                                   tokens[m], global_len[m], n_micro[m])
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                norms += norm
-                count += 1
-        self.model.eval()
-        if self.world_size > 1:  # each rank's weights sum to world_size x its share
-            sums = {k: v / self.world_size for k, v in sum_dicts(self.engine.all_gather_object(sums)).items()}
-        sums["grad_norm"] = norms  # the global norm: the same on every rank
-        return {f"train/{k}": v / count for k, v in sums.items()}
+            sums = sum_dicts(self.engine.all_gather_object(sums))
+            gathered = self.engine.all_gather_object(extremes)
+            extremes = {k: (min if k == "adv_min" else max)(g[k] for g in gathered) for k in extremes}
+        n, e = max(sums["adv_n"], 1.0), max(sums["episodes"], 1.0)
+        mean = sums["adv_sum"] / n
+        return {"adv/mean": mean, "adv/std": math.sqrt(max(0.0, sums["adv_sq"] / n - mean * mean)),
+                "adv/max": extremes["adv_max"] if sums["adv_n"] else 0.0,
+                "adv/min": extremes["adv_min"] if sums["adv_n"] else 0.0,
+                "batch/flat_group_frac": sums["flat_groups"] / max(sums["groups"], 1.0),
+                "response_length/mean": sums["resp_sum"] / e, "response_length/max": extremes["resp_max"],
+                "response_length/clip_frac": sums["clipped"] / e}
 
-    def _minibatch_step(self, batch: dict | None, index: torch.Tensor, micro: int, global_tokens: float,
-                        global_len: int, n_micro: int) -> tuple[dict, float]:
-        """Gradient accumulation where each micro-batch is weighted by its share of the
-        minibatch's tokens (token_mean) or sequences, so the sum equals the minibatch loss.
-
-        Data parallel: the shares are of the global minibatch (``global_tokens`` / ``global_len``
-        over all ranks), times ``world_size`` since DeepSpeed averages gradients over ranks; every
-        rank runs ``n_micro`` micro-batches (padding with zero-weighted ones), and a non-finite
-        loss on any rank discards the minibatch on all."""
-        a = self.cfg.algorithm
-        total_tokens = max(float(global_tokens), 1.0)
-        chunks = list(index.split(micro)) if len(index) else []
-        device = self.engine.device
-        stats: dict[str, float] = {}
-        bad = False
-        for i in range(n_micro):
-            m = None
-            if i < len(chunks):
-                chunk = chunks[i]
-                mb = {k: v[chunk] for k, v in batch.items()}
-                width = int(mb["attention_mask"].sum(-1).max())
-                mb = {k: v[:, :width].to(device) for k, v in mb.items()}
-                logits = self.engine.forward(mb["input_ids"], mb["attention_mask"])
-                logprobs = token_logprobs(logits, mb["input_ids"], self.cfg.rollout.temperature)
-                # entropy_from_logits[t] belongs to the prediction of token t+1: align it like logprobs
-                entropy = torch.nn.functional.pad(entropy_from_logits(logits.detach())[:, :-1], (1, 0))
-                loss, m = grpo_loss(
-                    logprobs, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], mb.get("ref_logprobs"),
-                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
-                    kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, aggregation=a.loss_agg,
-                    max_len=self.cfg.rollout.max_total_tokens, entropy=entropy, entropy_coef=a.entropy_coef)
-                weight = (mb["loss_mask"].sum() / total_tokens) if a.loss_agg == "token_mean" else len(chunk) / global_len
-                if self.world_size > 1:
-                    weight = weight * self.world_size
-                if self.cfg.guard.inject_nan_at_step == self.step and not self._nan_injected:
-                    self._nan_injected = True
-                    loss = loss * float("nan")
-            else:  # this rank has fewer micro-batches: a zero-weighted one keeps the collectives in step
-                ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-                loss = self.engine.forward(ids, torch.ones_like(ids)).float().mean() * 0.0
-                weight = 0.0
-            bad = not bool(torch.isfinite(loss))
-            if self.world_size > 1:
-                bad = self.engine.all_reduce_sum(float(bad)) > 0
-            if bad:
-                stats["loss"] = float("nan")
-                break
-            self.engine.backward(loss * weight)
-            if m is not None:
-                if "loss" not in m:
-                    m = {**m, "loss": loss.item()}
-                for k, v in m.items():  # (m["loss"] was once added twice: train/loss reported 2x the loss)
-                    stats[k] = stats.get(k, 0.0) + float(v) * float(weight)
-        if bad:
-            self.engine.zero_grad()
-            return stats, float("nan")
-        return stats, self.engine.step()
+    def _save_trajectories(self) -> None:
+        """A few of the step's trajectories, appended to trajectories.jsonl (for reports)."""
+        n = self.cfg.run.save_trajectories
+        if not n or not self.engine.is_main or not getattr(self, "_last_trajs", None):
+            return
+        with open(self.out / "trajectories.jsonl", "a", encoding="utf-8") as f:
+            for t in self._last_trajs[:n]:
+                f.write(json.dumps({"step": self.step, **t.to_dict()}) + "\n")
 
     # -- collapse guard ---------------------------------------------------------------------
     def _collapsed(self, record: dict) -> bool:

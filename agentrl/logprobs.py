@@ -1,0 +1,125 @@
+"""Log-probs and entropy of the trained tokens, without ever holding ``B x T x V`` logits.
+
+The loss needs the policy's distribution only at positions whose *next* token is trained on
+(loss mask 1): not at prompt or tool-observation positions, and not at padding. So the model
+body runs once over the batch, the hidden states at those positions are gathered into one
+``[N, H]`` matrix, and the LM head is applied to chunks of ``chunk_tokens`` rows. Under autograd
+each chunk is checkpointed: its ``[chunk, V]`` logits are recomputed in backward instead of being
+kept, so peak memory is ``O(chunk x V)`` whatever ``B``, ``T`` and ``V`` are (a 150k-token
+vocabulary at T = 8k would otherwise need tens of GB per sequence).
+
+A model is anything with the two halves of a causal LM (:class:`ModelParts`): ``hidden(ids,
+attention_mask) -> [B, T, H]`` (the body, final norm included) and ``head(h) -> logits``.
+Train engines provide them (with their autocast / DeepSpeed wrapping); :class:`CausalLMParts`
+wraps a plain Hugging Face model (the frozen reference).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+class ModelParts(Protocol):
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+    def head(self, hidden: Tensor) -> Tensor: ...
+
+
+class CausalLMParts:
+    """:class:`ModelParts` of a Hugging Face ``*ForCausalLM`` (body = ``model.<base_model_prefix>``,
+    head = ``get_output_embeddings()``), optionally under bf16 autocast."""
+
+    def __init__(self, model: torch.nn.Module, autocast_bf16: bool = False):
+        self.model = model
+        self.body = getattr(model, model.base_model_prefix)
+        self.lm_head = model.get_output_embeddings()
+        self.autocast_bf16 = autocast_bf16
+
+    def _autocast(self):
+        device_type = next(self.model.parameters()).device.type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
+
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        with self._autocast():
+            return self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def head(self, hidden: Tensor) -> Tensor:
+        with self._autocast():
+            return self.lm_head(hidden)
+
+
+def _chunk_stats(head, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool) -> tuple[Tensor, Tensor]:
+    z = head(h).float()
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, torch.zeros_like(logp)
+    # H = logsumexp(z) - sum_v softmax(z)_v z_v (the identity verl uses)
+    return logp, lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
+def trained_token_stats(
+    model: ModelParts,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> tuple[Tensor, Tensor | None]:
+    """``(logprobs [B, T], entropy [B, T] or None)``, float32 and aligned with ``input_ids``:
+
+        logprobs[b, t] = log_softmax(logits[b, t-1] / temperature)[input_ids[b, t]]
+        entropy[b, t]  = H(softmax(logits[b, t-1] / temperature))
+
+    at the positions where ``loss_mask[b, t]`` is 1, and exactly 0 elsewhere (never computed).
+    The temperature is the sampling temperature, so the ratio and the entropy are of the
+    distribution that generated the tokens. Gradients flow into both outputs when grad is enabled
+    (so an entropy bonus reaches the weights).
+    """
+    B, T = input_ids.shape
+    logp_out = torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)
+    ent_out = torch.zeros_like(logp_out) if with_entropy else None
+    rows, cols = loss_mask[:, 1:].to(input_ids.device).bool().nonzero(as_tuple=True)  # predicting token cols+1
+    if rows.numel() == 0:
+        if torch.is_grad_enabled():  # keep the graph connected: a backward on this loss must still run
+            logp_out = logp_out + 0.0 * model.hidden(input_ids[:, :1], attention_mask[:, :1]).float().sum()
+        return logp_out, ent_out
+    hidden = model.hidden(input_ids, attention_mask)[rows, cols]  # [N, H]
+    targets = input_ids[rows, cols + 1]
+    grad = torch.is_grad_enabled()
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk_tokens):
+        args = (model.head, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens], temperature, with_entropy)
+        lp, en = checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args)
+        logps.append(lp)
+        ents.append(en)
+    index = (rows, cols + 1)
+    logp_out = logp_out.index_put(index, torch.cat(logps))
+    if with_entropy:
+        ent_out = ent_out.index_put(index, torch.cat(ents))
+    return logp_out, ent_out
+
+
+def full_logits_token_stats(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
+                            temperature: float = 1.0, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The same quantities the naive way: the model's full ``[B, T, V]`` logits, kept for backward.
+    The reference :func:`trained_token_stats` is tested against, and the baseline of
+    ``agentrl bench update``."""
+    from agentrl.losses import entropy_from_logits, token_logprobs
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    mask = loss_mask.bool()
+    logp = torch.where(mask, token_logprobs(logits, input_ids, temperature), 0.0)
+    if not with_entropy:
+        return logp, None
+    z = logits / temperature if temperature != 1.0 else logits
+    ent = torch.nn.functional.pad(entropy_from_logits(z)[:, :-1], (1, 0))
+    return logp, torch.where(mask, ent, 0.0)
