@@ -1,7 +1,15 @@
-"""Answer checkers: mathematical equivalence (math-verify) and SQuAD-style EM / F1.
+"""Answer checkers that score as the reference implementations do.
 
-math-verify's own timeouts use ``signal.alarm`` (main thread only), so they are disabled and
-time is bounded by capping the input length instead: these run inside collector threads.
+Math: ``math_equal`` is Qwen2.5-Math's grader (see ``agentrl.math_grader``), which ReTool
+reports with. QA, after SQuAD normalisation:
+
+* ``exact_match`` and ``cover_exact_match``: Search-R1's ``em_check`` and ``subem_check``
+  (= AutoRefine's ``cover_em_check``: the normalised gold occurs in the normalised prediction,
+  as a raw substring), PeterGriffinJin/Search-R1 ``verl/utils/reward_score/qa_em.py``.
+* ``f1_score``: AutoRefine's ``compute_f1_scores`` (syr-cn/AutoRefine
+  ``verl/utils/reward_score/qa_em.py``), the HotpotQA rule: when either side is yes / no /
+  noanswer and they differ, F1 is 0 (plain SQuAD F1 would give "yes, it is" vs "yes" 0.5).
+* ``contains_answer``: is a gold answer in this text (AutoRefine's refine reward)?
 """
 from __future__ import annotations
 
@@ -9,40 +17,18 @@ import collections
 import re
 import string
 
-MAX_ANSWER_CHARS = 512
+from agentrl.math_grader import MAX_ANSWER_CHARS, math_equal
 
-
-def _as_number(text: str) -> float | None:
-    try:
-        return float(text.replace(",", "").strip().rstrip("."))
-    except ValueError:
-        return None
-
-
-def math_equal(prediction: str | None, gold: str) -> bool:
-    """True when ``prediction`` equals ``gold`` mathematically (``0.5`` == ``\\frac{1}{2}``)."""
-    if prediction is None or not prediction.strip():
-        return False
-    prediction, gold = prediction.strip()[:MAX_ANSWER_CHARS], str(gold).strip()
-    a, b = _as_number(prediction), _as_number(gold)
-    if a is not None and b is not None:  # fast path: most answers are plain numbers
-        return abs(a - b) <= 1e-9 * max(1.0, abs(b))
-    from math_verify import parse, verify
-
-    try:
-        gold_parsed = parse(f"${gold}$", parsing_timeout=None)
-        pred_parsed = parse(f"${prediction}$", parsing_timeout=None) or parse(prediction, parsing_timeout=None)
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:
-        return False
+__all__ = ["MAX_ANSWER_CHARS", "contains_answer", "cover_exact_match", "exact_match", "f1_score", "math_equal",
+           "normalize_answer"]
+_PUNCTUATION = set(string.punctuation)
+_YES_NO = ("yes", "no", "noanswer")
 
 
 def normalize_answer(s: str) -> str:
     """SQuAD normalisation: lower case, drop punctuation and articles, collapse spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
 
 def exact_match(prediction: str | None, golds: list[str]) -> float:
@@ -52,17 +38,43 @@ def exact_match(prediction: str | None, golds: list[str]) -> float:
     return float(any(p == normalize_answer(g) for g in golds))
 
 
-def f1_score(prediction: str | None, golds: list[str]) -> float:
+def cover_exact_match(prediction: str | None, golds: list[str]) -> float:
+    """Cover-EM: a normalised gold answer is a substring of the normalised prediction."""
+    if prediction is None:
+        return 0.0
+    p = normalize_answer(prediction)
+    return float(any(normalize_answer(g) in p for g in golds))
+
+
+def f1_score(prediction: str | None, golds: list[str], yes_no_rule: bool = True) -> float:
+    """Token F1, best over the golds. ``yes_no_rule`` (AutoRefine / HotpotQA, the default):
+    yes / no / noanswer must match exactly; ``False`` gives plain SQuAD F1."""
     if prediction is None:
         return 0.0
     best = 0.0
-    pred_tokens = normalize_answer(prediction).split()
+    pred = normalize_answer(prediction)
     for g in golds:
-        gold_tokens = normalize_answer(g).split()
-        common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
-        same = sum(common.values())
+        gold = normalize_answer(g)
+        if yes_no_rule and (pred in _YES_NO or gold in _YES_NO) and pred != gold:
+            continue
+        pred_tokens, gold_tokens = pred.split(), gold.split()
+        same = sum((collections.Counter(pred_tokens) & collections.Counter(gold_tokens)).values())
         if same == 0:
             continue
         precision, recall = same / len(pred_tokens), same / len(gold_tokens)
         best = max(best, 2 * precision * recall / (precision + recall))
     return best
+
+
+def contains_answer(text: str, golds: list[str], rule: str = "token") -> bool:
+    """Does a normalised gold answer occur in the normalised ``text``?
+
+    ``rule="token"`` (agentrl's default) matches whole tokens, so the gold "Au" is not found
+    inside "authors"; ``rule="autorefine"`` is AutoRefine's ``cover_em_check``, a raw substring.
+    """
+    if rule == "autorefine":
+        return bool(cover_exact_match(text, golds))
+    if rule != "token":
+        raise ValueError(f"rule must be 'token' or 'autorefine', got {rule!r}")
+    norm = f" {normalize_answer(text)} "
+    return any(g and f" {g} " in norm for g in (normalize_answer(x) for x in golds))

@@ -5,8 +5,9 @@ passages in ``<information>`` (``Doc 1(Title: ...) text``), and answers in ``<an
 exact match after SQuAD normalisation against any gold answer (F1 reported as ``_f1``).
 
 AutoRefine adds ``<refine>``: after each ``<documents>`` block the model writes down what matters.
-Reward = answer F1 (or EM) plus a retrieval reward when a gold answer appears in the model's
-refine blocks, accumulated over the whole episode.
+Reward (AutoRefine's ``compute_reward``) = answer F1 (or EM); an episode that gives an answer
+scoring 0 instead earns a retrieval reward when a gold answer appears in the model's refine
+blocks, accumulated over the whole episode. No answer, no reward.
 
 The retriever comes from ``retriever=`` (any object with ``search(queries, k)``), ``index_dir=``
 (loaded in-process) or ``retriever_url=`` (a ``agentrl serve retrieval`` or Search-R1 server).
@@ -19,7 +20,7 @@ from agentrl.data import load_jsonl
 from agentrl.env import ToolEnv
 from agentrl.parsers import autorefine_parser, search_r1_parser
 from agentrl.retrieval.base import Retriever, format_passages
-from agentrl.rewards import exact_match, f1_score, normalize_answer
+from agentrl.rewards import contains_answer, exact_match, f1_score
 
 # Search-R1's prompt (its make_prefix, template "base"), placed in the user turn as Search-R1 does.
 SEARCH_R1_TEMPLATE = (
@@ -102,12 +103,6 @@ def load_tasks(dataset: str | Sequence[dict] | None, limit: int | None = None, d
     return tasks
 
 
-def contains_answer(text: str, golds: list[str]) -> bool:
-    """AutoRefine's substring EM: a normalised gold answer occurs in the normalised text."""
-    norm = f" {normalize_answer(text)} "
-    return any(g and f" {g} " in norm for g in (normalize_answer(x) for x in golds))
-
-
 class SearchEnv(ToolEnv):
     """``agentrl/Search-v0``: Search-R1's format, prompt and exact-match reward."""
 
@@ -139,16 +134,22 @@ class AutoRefineEnv(SearchEnv):
     """``agentrl/AutoRefine-v0``: ``<documents>`` observations, ``<refine>`` notes, and a retrieval reward.
 
     ``refine_only_if_wrong`` (AutoRefine's rule): the refine reward counts only when the answer
-    scores 0, so it shapes failed episodes without inflating correct ones.
+    scores 0, so it shapes failed episodes without inflating correct ones; either way it needs an
+    answer (AutoRefine pays nothing to an episode without one).
+    ``refine_match``: how a gold answer is found in the refine blocks: ``"token"`` (default,
+    whole tokens: "Au" is not in "authors") or ``"autorefine"`` (AutoRefine's raw substring).
     """
 
     template = AUTOREFINE_TEMPLATE
     make_parser = staticmethod(autorefine_parser)
 
     def __init__(self, *args, answer_metric: str = "f1", answer_weight: float = 1.0, refine_weight: float = 0.1,
-                 refine_only_if_wrong: bool = True, **kwargs):
+                 refine_only_if_wrong: bool = True, refine_match: str = "token", **kwargs):
         if answer_metric not in ("f1", "em"):
             raise ValueError(f"answer_metric must be 'f1' or 'em', got {answer_metric!r}")
+        if refine_match not in ("token", "autorefine"):
+            raise ValueError(f"refine_match must be 'token' or 'autorefine', got {refine_match!r}")
+        self.refine_match = refine_match
         super().__init__(*args, **kwargs)
         self.answer_metric, self.answer_weight = answer_metric, answer_weight
         self.refine_weight, self.refine_only_if_wrong = refine_weight, refine_only_if_wrong
@@ -168,7 +169,8 @@ class AutoRefineEnv(SearchEnv):
     def score(self, answer: str | None, task: dict) -> dict[str, float]:
         em, f1 = exact_match(answer, task["answers"]), f1_score(answer, task["answers"])
         answer_score = f1 if self.answer_metric == "f1" else em
-        hit = float(bool(self.refines) and contains_answer(" ".join(self.refines), task["answers"]))
-        refine = hit if not (self.refine_only_if_wrong and answer_score > 0) else 0.0
+        hit = float(bool(self.refines) and contains_answer(" ".join(self.refines), task["answers"], self.refine_match))
+        paid = answer is not None and not (self.refine_only_if_wrong and answer_score > 0)
+        refine = hit if paid else 0.0
         return {"answer": self.answer_weight * answer_score, "refine": self.refine_weight * refine,
                 "_em": em, "_f1": f1, "_refine_hit": hit}

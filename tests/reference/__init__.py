@@ -1,0 +1,1 @@
+"""Reference implementations copied from upstream repositories (see each module header)."""
