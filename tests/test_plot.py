@@ -33,3 +33,57 @@ def test_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x.png")]) == 2
     assert "no metrics file" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def _rows(rewards, eval_every=None, kl=False):
+    rows = []
+    for step, r in enumerate(rewards, 1):
+        row = {"step": step, "reward/mean": r, "reward/correct": r, "rollout/tool_calls_per_episode": 1.0,
+               "rollout/response_tokens": 30.0 + step, "train/entropy": 2.0 / step, "train/clip_frac": 0.01}
+        if kl:
+            row["train/kl"] = 0.001 * step
+        if eval_every and step % eval_every == 0:
+            row.update({"eval/mul2_test/avg@4": r + 0.05, "eval/mul2_test/avg@4_ci_low": r, "eval/mul2_test/avg@4_ci_high": r + 0.1})
+        rows.append(row)
+    return rows
+
+
+def test_run_folders_overlaid_with_eval_points(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    from agentrl.plot import PANELS, figure, resolve_runs
+
+    for parent, kl in (("a", True), ("b", False)):
+        (tmp_path / parent / "grpo").mkdir(parents=True)
+        (tmp_path / parent / "grpo" / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in _rows([0.1, 0.3, 0.5, 0.7], eval_every=2, kl=kl)))
+    runs = resolve_runs([str(tmp_path / "a" / "grpo"), str(tmp_path / "b" / "grpo"), f"mine={tmp_path / 'a' / 'grpo'}"])
+    assert [label for label, _ in runs] == ["a/grpo", "b/grpo", "mine"]  # same folder names stay apart
+    assert all(path.name == "metrics.jsonl" for _, path in runs)
+
+    fig = figure([(label, read_metrics(path)) for label, path in runs])
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert list(axes) == [title for title, _ in PANELS] + ["eval"]
+    assert len(axes["reward"].get_lines()) == 3 + 3 * 2  # a curve per run and a dotted line per eval step
+    assert len(axes["KL"].get_lines()) == 2 + 3 * 2  # run b logged no KL: only a and mine
+    eval_lines = axes["eval"].get_lines()  # the interval bounds are not points of their own
+    assert len(eval_lines) == 3 and list(eval_lines[0].get_xdata()) == [2, 4]
+    assert list(eval_lines[0].get_ydata()) == [0.35, 0.75]
+    plt.close(fig)
+
+    out = tmp_path / "plots.png"
+    assert main(["plot", str(tmp_path / "a" / "grpo"), str(tmp_path / "b" / "grpo"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "a/grpo" in capsys.readouterr().out
+
+
+def test_panels_a_run_did_not_log_say_so():
+    import matplotlib.pyplot as plt
+
+    from agentrl.plot import figure
+
+    fig = figure([("run", _rows([0.2, 0.4]))])
+    kl = next(ax for ax in fig.axes if ax.get_title() == "KL")
+    assert [t.get_text() for t in kl.texts] == ["not recorded"] and not kl.get_lines()
+    assert "eval" not in [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    plt.close(fig)
