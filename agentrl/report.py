@@ -7,8 +7,9 @@ What a run folder may hold (each part is optional; a missing one reads "not reco
 * ``config.yaml``: the resolved config.
 * ``trajectories.jsonl``: sampled trajectories, ``agentrl.batch.save_trajectories`` rows with a
   ``step`` key (``agentrl rollout`` output, without ``step``, reads the same).
-* ``metrics.json`` + ``samples.jsonl``: an ``agentrl eval`` output folder: ``{dataset: {metric:
-  {value, n, ci_low, ci_high}}}`` and one row per question with its samples.
+* ``metrics.json`` + ``samples.jsonl`` (+ ``config.json``): an ``agentrl eval`` output folder
+  (layout in ``agentrl/eval/outputs.py``): ``{dataset: {metric: {value, n, ci_low, ci_high}}}``
+  and one row per question with its samples.
 
 Ids are decoded with the run's tokenizer (``--model``, ``RUN_DIR/model``, the config's
 ``model.path``, or the latest checkpoint) so each token shows whether it was trained on; without
@@ -25,7 +26,7 @@ from typing import Any
 
 from agentrl.plot import PANELS, eval_keys, panel_key, read_metrics, series
 
-RUN_FILES = ("metrics.jsonl", "config.yaml", "trajectories.jsonl", "metrics.json", "samples.jsonl")
+RUN_FILES = ("metrics.jsonl", "config.yaml", "trajectories.jsonl", "metrics.json", "samples.jsonl", "config.json")
 
 
 class ReportError(Exception):
@@ -56,6 +57,8 @@ def load_run(path: str | Path) -> Run:
     run = Run(path)
     if (path / "config.yaml").is_file():
         run.config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
+    elif (path / "config.json").is_file():  # an eval folder's suite and model
+        run.config_text = (path / "config.json").read_text(encoding="utf-8", errors="replace")
     if (path / "metrics.jsonl").is_file():
         run.metrics = read_metrics(path / "metrics.jsonl")
     for row in _jsonl(path / "trajectories.jsonl", run.notes):
@@ -199,6 +202,8 @@ def eval_sample_views(rows: list[dict], notes: list[str]) -> list[dict]:
 def _text(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, list):  # QA golds: every accepted answer
+        return " | ".join(_text(v) for v in value)
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
@@ -230,12 +235,13 @@ def eval_rows(run: Run) -> list[dict]:
             _, dataset, metric = key.split("/", 2) if key.count("/") >= 2 else (None, "", key[len("eval/"):])
             low, high = (_first(r, [f"{key}_ci_{b}", f"{key}/ci_{b}"]) for b in ("low", "high"))
             out.append({"where": f"step {r['step']}", "dataset": dataset, "metric": metric, "value": r[key],
-                        "ci_low": low, "ci_high": high, "n": None})
+                        "ci_low": low, "ci_high": high, "n": None, "headline": False})
     for dataset, metrics in (run.eval_summary or {}).items():
         for metric, m in (metrics.items() if isinstance(metrics, dict) else []):
             m = m if isinstance(m, dict) else {"value": m}
             out.append({"where": "eval", "dataset": str(dataset), "metric": str(metric), "value": m.get("value"),
-                        "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"), "n": m.get("n")})
+                        "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"), "n": m.get("n"),
+                        "headline": bool(m.get("headline"))})
     return out
 
 

@@ -151,8 +151,8 @@ def _eval_table(rows: list[dict]) -> str:
     for r in rows:
         interval = (f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
                     if isinstance(r["ci_low"], (int, float)) and isinstance(r["ci_high"], (int, float)) else "")
-        body.append([html.escape(r["where"]), html.escape(r["dataset"]), html.escape(r["metric"]), _num(r["value"]),
-                     interval, _num(r["n"])])
+        metric = f"<b>{html.escape(r['metric'])}</b>" if r["headline"] else html.escape(r["metric"])
+        body.append([html.escape(r["where"]), html.escape(r["dataset"]), metric, _num(r["value"]), interval, _num(r["n"])])
     return _table("eval-table", ["where", "dataset", "metric", "value", "95% interval", "n"], body)
 
 
@@ -168,7 +168,7 @@ def render(*, title: str, run_path: str, config_text: str | None, plot_png: byte
            eval_rows: list[dict], trajectories: list[dict], tokenizer: str | None, notes: list[str], steps: int) -> str:
     esc = html.escape
     config = (f'<pre class="config" id="config">{esc(config_text)}</pre>' if config_text is not None
-              else '<p class="none" id="config-none">not recorded (no config.yaml in the run folder)</p>')
+              else '<p class="none" id="config-none">not recorded (no config.yaml or config.json in the run folder)</p>')
     plots = (f'<img class="plots" id="plots" alt="training curves" src="data:image/png;base64,'
              f'{base64.b64encode(plot_png).decode()}">' if plot_png else '<p class="none">not recorded (no metrics.jsonl)</p>')
     notes_html = ("<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>") if notes else ""

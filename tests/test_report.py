@@ -61,7 +61,6 @@ def run_dir(tmp_path_factory):
     """A real training run folder, completed with what the trainer will write (config.yaml,
     trajectories.jsonl with a step key, eval/ keys) where this trainer does not write it yet."""
     from agentrl.config import load_config
-    from agentrl.evaluate import evaluate
 
     out = tmp_path_factory.mktemp("run")
     overrides = [f"model.path={cached_tiny_model()}", f"run.output_dir={out}", *TRAIN_OVERRIDES]
@@ -77,33 +76,33 @@ def run_dir(tmp_path_factory):
         for step, trajs in by_step.items():
             for t in trajs:
                 f.write(json.dumps({**t.to_dict(), "step": step}) + "\n")
-    summary, _ = evaluate("agentrl/PythonTool-v0", OracleEngine(tok), TASKS, k=2, env_kwargs=ENV_KWARGS, max_new_tokens=48)
+    rewards = np.array([t.reward for t in _collect(OracleEngine(tok), 2, TASKS)]).reshape(len(TASKS), 2)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rows[-1].update({f"eval/mul2_test/{k}": v for k, v in summary.items() if k in ("avg@2", "pass@2")})
+    rows[-1].update({"eval/mul2_test/avg@2": rewards.mean(), "eval/mul2_test/pass@2": (rewards > 0).any(1).mean()})
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory):
-    """An `agentrl eval` output folder as its layout is described: metrics.json with bootstrap
-    intervals, samples.jsonl with one row per question, built from real episodes."""
-    from agentrl.evaluate import evaluate
-
+    """An `agentrl eval` output folder in the layout agentrl/eval/outputs.py documents
+    (metrics.json with bootstrap intervals, samples.jsonl, config.json), from real episodes."""
     out = tmp_path_factory.mktemp("eval")
     tok = HFEngine(str(cached_tiny_model()), num_threads=1).tokenizer
-    _, trajs = evaluate("agentrl/PythonTool-v0", OracleEngine(tok), TASKS, k=2, env_kwargs=ENV_KWARGS, max_new_tokens=48)
+    trajs = _collect(OracleEngine(tok), 2, TASKS)  # k = 2 samples per question, in question order
     trajs[-1] = _collect(OracleEngine(tok, "<answer>7</answer>"), 1, TASKS[-1:])[0]  # one wrong sample
     per_question = np.array([[t.reward for t in trajs[i:i + 2]] for i in range(0, len(trajs), 2)])
     boot = np.random.default_rng(0).choice(per_question.mean(1), (1000, len(per_question))).mean(1)
-    metrics = {"mul2_test": {"avg@2": {"value": float(per_question.mean()), "n": len(per_question),
+    metrics = {"mul2_test": {"avg@2": {"value": float(per_question.mean()), "n": len(per_question), "headline": True,
                                        "ci_low": float(np.percentile(boot, 2.5)), "ci_high": float(np.percentile(boot, 97.5))}}}
     (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "config.json").write_text(json.dumps({"suite": {"name": "mul2_fast", "k": 2}, "info": {"engine": "hf"}}))
     with open(out / "samples.jsonl", "w") as f:
         for task, i in zip(TASKS, range(0, len(trajs), 2)):
-            samples = [{"answer": t.turns[-1].action, "reward": t.reward, "components": t.reward_components,
-                        "stop_reason": t.stop_reason.value,
-                        "turns": [{"action": u.action, "observation": u.observation, "calls": u.calls} for u in t.turns]}
+            samples = [{"answer": re.sub(r"</?answer>", "", t.turns[-1].action), "reward": t.reward,
+                        "components": t.reward_components, "stop_reason": t.stop_reason.value,
+                        "turns": [{"text": u.action, "observation": u.observation, "calls": u.calls,
+                                   "tool_latency_s": u.tool_latency_s} for u in t.turns]}
                        for t in trajs[i:i + 2]]
             f.write(json.dumps({"id": task["id"], "dataset": "mul2_test", "question": task["question"],
                                 "gold": task["answer"], "samples": samples}) + "\n")
@@ -218,13 +217,14 @@ def test_eval_folder_report_shows_intervals_and_samples(eval_dir, browser, tmp_p
     assert _errors(b) == []
     row = b.find_element(By.CSS_SELECTOR, "#eval-table tbody tr").text
     assert row == f"eval mul2_test avg@2 {metrics['value']:.3f} [{metrics['ci_low']:.3f}, {metrics['ci_high']:.3f}] 3"
-    assert "not recorded" in b.find_element(By.ID, "config-none").text
+    assert "mul2_fast" in b.find_element(By.ID, "config").text
+    assert b.find_element(By.CSS_SELECTOR, "#eval-table tbody td b").text == "avg@2"  # the headline metric
     assert "not recorded" in b.find_element(By.ID, "metrics-none").text
     items = b.find_elements(By.CSS_SELECTOR, "#traj-list li")
     assert len(items) == 6
     items[-1].click()
     detail = b.find_element(By.ID, "detail").text
-    assert "eval mul2_test" in detail and f"gold: {TASKS[-1]['answer']}" in detail and "answer: <answer>7</answer>" in detail
+    assert "eval mul2_test" in detail and f"gold: {TASKS[-1]['answer']}" in detail and "answer: 7 · gold" in detail and "<answer>7</answer>" in detail
     b.find_element(By.CSS_SELECTOR, "#filters button[data-filter=pos]").click()
     assert len(b.find_elements(By.CSS_SELECTOR, "#traj-list li")) == 5
 
