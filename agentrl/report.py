@@ -143,6 +143,8 @@ def trajectory_view(t, source: str, tokenizer=None) -> dict:
         view["decoded"] = True
         turns = [(_segments(t.input_ids[s:e], t.loss_mask[s:e], tokenizer),
                   _segments(t.input_ids[e:nxt], t.loss_mask[e:nxt], tokenizer)) for (s, e), nxt in zip(spans, ends)]
+        # a tokenizer from another model decodes the ids to other text than the collector recorded
+        view["mismatch"] = any("".join(text for _, text in action) != turn.action for (action, _), turn in zip(turns, t.turns))
     else:  # the collector's turn texts: what was generated and what the environment appended
         view["prompt"] = None
         view["decoded"] = False
@@ -167,9 +169,11 @@ def _call(call) -> dict:
     if not isinstance(call, dict):
         return {"name": "?", "arguments": str(call)}
     args = call.get("arguments", {})
-    # a single string argument (Python code, a search query) reads best as it is
-    text = next(iter(args.values())) if isinstance(args, dict) and len(args) == 1 and isinstance(next(iter(args.values())), str) \
-        else json.dumps(args, ensure_ascii=False, indent=1)
+    values = list(args.values()) if isinstance(args, dict) else []
+    if len(values) == 1 and isinstance(values[0], str):  # Python code, a search query: read best as they are
+        text = values[0]
+    else:
+        text = json.dumps(args, ensure_ascii=False, indent=1)
     return {"name": str(call.get("name", "?")), "arguments": text}
 
 
@@ -267,6 +271,10 @@ def build_report(run_dir: str | Path, model: str | None = None, max_trajectories
     trajs = [(("rollout" if step is None else f"step {step}"), t) for step, t in run.trajectories]
     picked = spread(trajs, max_trajectories)
     views = [trajectory_view(t, source, tokenizer) for source, t in picked]
+    mismatched = sum(v.pop("mismatch", False) for v in views)
+    if mismatched:
+        run.notes.append(f"the tokenizer in {tokenizer_dir} decodes {mismatched} of {len(views)} trajectories to other "
+                         "text than the collector recorded: is it this run's model? (--model sets it)")
     samples = eval_sample_views(run.eval_samples, run.notes)
     room = max(0, max_trajectories - len(views))
     views += spread(samples, room)

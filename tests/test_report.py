@@ -237,10 +237,21 @@ def test_tokenizer_found_given_or_absent(run_dir, tmp_path):
     data = _data(page)
     assert not any(t["decoded"] for t in data) and "no tokenizer found" in page
     assert data[0]["turns"][0]["action"][0][0] == 1 and data[0]["turns"][0]["observation"][0][0] == 0
-    decoded = _data(_report(tmp_path, bare, "--model", str(cached_tiny_model())))
+    page = _report(tmp_path, bare, "--model", str(cached_tiny_model()))
+    decoded = _data(page)
     assert all(t["decoded"] for t in decoded) and "<|im_start|>" in decoded[0]["prompt"][0][1]
     # decoded ids and the recorded turn texts tell the same story
-    assert decoded[0]["turns"][0]["action"][0][1] == data[0]["turns"][0]["action"][0][1]
+    assert decoded[0]["turns"][0]["action"][0][1] == data[0]["turns"][0]["action"][0][1] and "decodes" not in page
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    other = Tokenizer(models.WordLevel(unk_token="[UNK]"))  # another model's tokenizer
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    other.train_from_iterator(["a small other vocabulary"] * 4, trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=other, unk_token="[UNK]").save_pretrained(tmp_path / "other")
+    page = _report(tmp_path, bare, "--model", str(tmp_path / "other"))
+    assert f"decodes {len(data)} of {len(data)} trajectories to other text than the collector recorded" in page
 
 
 def test_max_trajectories_spreads_over_steps(run_dir, tmp_path):
