@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from agentrl.config import ConfigError
+from agentrl.data import resolve_path
 from agentrl.eval.config import EvalRunConfig, EvalSuite, load_eval_config
 
 # flag -> config key, applied over a config file when given
@@ -20,7 +22,7 @@ FLAG_KEYS = {"model": "model", "url": "url", "engine": "engine", "tokenizer": "t
 
 def add_cli_args(parser) -> None:
     parser.add_argument("config", nargs="?", help="eval config (configs/eval/*.yaml); or give --dataset")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config (e.g. k=4 limit=10)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config, right after it (e.g. k=4 limit=10)")
     parser.add_argument("--fast", action="store_true", help="apply the config's `fast:` overrides (the CPU variant)")
     parser.add_argument("--env", default="agentrl/PythonTool-v0", help="gymnasium id (with --dataset)")
     parser.add_argument("--env-kwargs", default="{}", help="JSON dict of env options (with --dataset)")
@@ -59,7 +61,7 @@ def build_config(args) -> EvalRunConfig:
         env_kwargs = json.loads(args.env_kwargs)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--env-kwargs is not valid JSON: {e}") from None
-    name = Path(args.dataset).name.split(".")[0] or "dataset"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", resolve_path(args.dataset).name.split(".")[0]) or "dataset"
     dataset = {"name": name, "path": args.dataset, "env": args.env, "env_kwargs": env_kwargs, "kind": args.kind}
     from agentrl.config import parse_config
 
