@@ -111,6 +111,8 @@ def test_eval_configs_validate_and_fast_changes_what_it_says():
     aime = load_eval_config("configs/eval/aime24.yaml", ["model=m"])
     assert (aime.k, aime.temperature, aime.top_p) == (32, 1.0, 0.7)  # ReTool: avg@32, T 1.0, top-p 0.7
     assert load_eval_config("configs/eval/aime24.yaml", fast=True).datasets[0].env_kwargs["max_turns"] == 3
+    mul2 = load_eval_config("configs/eval/mul2_cpu.yaml", ["model=m"], fast=True)
+    assert (mul2.k, mul2.limit, mul2.max_total_tokens) == (2, 20, 320)  # the CPU learning run's sampling
     qa = load_eval_config("configs/eval/multihop_qa.yaml", ["model=m"])
     assert len(qa.datasets) == 7 and all(d.env == "agentrl/AutoRefine-v0" and d.env_kwargs["topk"] == 3 for d in qa.datasets)
 

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agentrl.config import ConfigError, parse_config
 
 DATA_HINT = ("the evaluation data lives in ../shared/data (see its README.md); run from the repo root "
              "or give an absolute path")
@@ -164,6 +163,8 @@ class EvalConfig(_Strict):
 
 def load_eval_config(path: str | Path, overrides: list[str] = (), fast: bool = False) -> EvalRunConfig:
     """Read an eval config; ``fast`` applies its ``fast:`` overrides, then ``key=value`` ``overrides``."""
+    from agentrl.config import ConfigError, parse_config  # here: agentrl.config may import this module
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"eval config not found: {p}")
