@@ -9,7 +9,8 @@ What a run folder may hold (each part is optional; a missing one reads "not reco
   ``step`` key (``agentrl rollout`` output, without ``step``, reads the same).
 * ``metrics.json`` + ``samples.jsonl`` (+ ``config.json``): an ``agentrl eval`` output folder
   (layout in ``agentrl/eval/outputs.py``): ``{dataset: {metric: {value, n, ci_low, ci_high}}}``
-  and one row per question with its samples.
+  and one row per question with its samples. RUN_DIR may be one, or hold them under
+  ``RUN_DIR/eval/NAME/`` (``agentrl eval --out RUN_DIR/eval/NAME``; ``eval/step<N>/`` too).
 
 Ids are decoded with the run's tokenizer (``--model``, ``RUN_DIR/model``, the config's
 ``model.path``, or the latest checkpoint) so each token shows whether it was trained on; without
@@ -40,8 +41,8 @@ class Run:
     metrics: list[dict] = field(default_factory=list)
     trajectories: list[tuple[Any, Any]] = field(default_factory=list)
     """(step or None, Trajectory) pairs from trajectories.jsonl."""
-    eval_summary: dict | None = None
-    eval_samples: list[dict] = field(default_factory=list)
+    evals: list[tuple[str, dict | None, list[dict]]] = field(default_factory=list)
+    """(name, metrics.json, samples.jsonl rows) of each eval folder: RUN_DIR itself, RUN_DIR/eval/*."""
     notes: list[str] = field(default_factory=list)
     """What was skipped while reading (shown on the page, so nothing is dropped silently)."""
 
@@ -52,7 +53,8 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{path} is not a folder")
-    if not any((path / name).is_file() for name in RUN_FILES):
+    eval_dirs = [path] + sorted(d.parent for d in (path / "eval").glob("*/metrics.json"))
+    if not any((path / name).is_file() for name in RUN_FILES) and len(eval_dirs) == 1:
         raise ReportError(f"{path} holds none of {', '.join(RUN_FILES)}: not a run or eval folder")
     run = Run(path)
     if (path / "config.yaml").is_file():
@@ -67,18 +69,26 @@ def load_run(path: str | Path) -> Run:
             run.trajectories.append((step, Trajectory.from_dict(row)))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             run.notes.append(f"trajectories.jsonl: skipped a row that is not a trajectory ({type(e).__name__}: {e})")
-    if (path / "metrics.json").is_file():
-        try:
-            summary = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            summary = None
-            run.notes.append(f"metrics.json: not JSON ({e})")
-        if isinstance(summary, dict):
-            run.eval_summary = summary
-        elif summary is not None:
-            run.notes.append("metrics.json: expected {dataset: {metric: ...}}; ignored")
-    run.eval_samples = _jsonl(path / "samples.jsonl", run.notes)
+    for d in eval_dirs:
+        name = "eval" if d == path else d.relative_to(path).as_posix()
+        summary, samples = _eval_metrics(d, run.notes), _jsonl(d / "samples.jsonl", run.notes)
+        if summary is not None or samples:
+            run.evals.append((name, summary, samples))
     return run
+
+
+def _eval_metrics(folder: Path, notes: list[str]) -> dict | None:
+    if not (folder / "metrics.json").is_file():
+        return None
+    try:
+        summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        notes.append(f"{folder.name}/metrics.json: not JSON ({e})")
+        return None
+    if not isinstance(summary, dict):
+        notes.append(f"{folder.name}/metrics.json: expected {{dataset: {{metric: ...}}}}; ignored")
+        return None
+    return summary
 
 
 def _jsonl(path: Path, notes: list[str]) -> list[dict]:
@@ -177,7 +187,7 @@ def _call(call) -> dict:
     return {"name": str(call.get("name", "?")), "arguments": text}
 
 
-def eval_sample_views(rows: list[dict], notes: list[str]) -> list[dict]:
+def eval_sample_views(rows: list[dict], notes: list[str], where: str = "eval") -> list[dict]:
     """``agentrl eval`` samples.jsonl rows (one per question) as browser entries (one per sample)."""
     views = []
     for row in rows:
@@ -189,7 +199,7 @@ def eval_sample_views(rows: list[dict], notes: list[str]) -> list[dict]:
             turns = [t for t in s.get("turns", []) if isinstance(t, dict)] if isinstance(s.get("turns"), list) else []
             reward = s.get("reward")
             views.append({
-                "source": f"eval {row.get('dataset', '')}".strip(), "task": str(row.get("id", "")), "group": k,
+                "source": f"{where} {row.get('dataset', '')}".strip(), "task": str(row.get("id", "")), "group": k,
                 "reward": reward if isinstance(reward, (int, float)) else float("nan"),
                 "components": s.get("components", {}) if isinstance(s.get("components"), dict) else {},
                 "stop": str(s.get("stop_reason", "")), "answer": _text(s.get("answer")), "gold": _text(row.get("gold")),
@@ -240,12 +250,13 @@ def eval_rows(run: Run) -> list[dict]:
             low, high = (_first(r, [f"{key}_ci_{b}", f"{key}/ci_{b}"]) for b in ("low", "high"))
             out.append({"where": f"step {r['step']}", "dataset": dataset, "metric": metric, "value": r[key],
                         "ci_low": low, "ci_high": high, "n": None, "headline": False})
-    for dataset, metrics in (run.eval_summary or {}).items():
-        for metric, m in (metrics.items() if isinstance(metrics, dict) else []):
-            m = m if isinstance(m, dict) else {"value": m}
-            out.append({"where": "eval", "dataset": str(dataset), "metric": str(metric), "value": m.get("value"),
-                        "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"), "n": m.get("n"),
-                        "headline": bool(m.get("headline"))})
+    for where, summary, _ in run.evals:
+        for dataset, metrics in (summary or {}).items():
+            for metric, m in (metrics.items() if isinstance(metrics, dict) else []):
+                m = m if isinstance(m, dict) else {"value": m}
+                out.append({"where": where, "dataset": str(dataset), "metric": str(metric), "value": m.get("value"),
+                            "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"), "n": m.get("n"),
+                            "headline": bool(m.get("headline"))})
     return out
 
 
@@ -275,7 +286,7 @@ def build_report(run_dir: str | Path, model: str | None = None, max_trajectories
     if mismatched:
         run.notes.append(f"the tokenizer in {tokenizer_dir} decodes {mismatched} of {len(views)} trajectories to other "
                          "text than the collector recorded: is it this run's model? (--model sets it)")
-    samples = eval_sample_views(run.eval_samples, run.notes)
+    samples = [v for where, _, rows in run.evals for v in eval_sample_views(rows, run.notes, where)]
     room = max(0, max_trajectories - len(views))
     views += spread(samples, room)
     total = len(trajs) + len(samples)

@@ -283,3 +283,14 @@ def test_missing_and_broken_inputs(tmp_path, run_dir, capsys):
     for note in ("skipped a row that is not a trajectory", "skipped 2 line(s)", "metrics.json: not JSON"):
         assert note in page
     assert "train/kl" in page and "eval-none" in page
+
+
+def test_eval_folders_inside_a_run_folder(run_dir, eval_dir, tmp_path):
+    run = tmp_path / "run"  # `agentrl eval --out RUN_DIR/eval/final` after training
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(eval_dir, run / "eval" / "final")
+    page = _report(tmp_path, run, "--model", str(cached_tiny_model()))
+    table = re.sub(r"<[^>]+>", " ", re.search(r'<table id="eval-table">.*?</table>', page, re.S).group(0))
+    assert "step 2" in table and "eval/final" in table and "pass@2" in table
+    sources = [t["source"] for t in _data(page)]
+    assert sources.count("eval/final mul2_test") == 6 and sources[0].startswith("step ")
