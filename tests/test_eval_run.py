@@ -190,3 +190,43 @@ def test_url_engine_against_agentrl_serve_engine(tmp_path):
     assert config["info"]["engine"] == "openai" and config["info"]["model"] == server.url and config["suite"]["temperature"] == 0.6
     assert len(rows) == 2 and all(len(r["samples"]) == 2 for r in rows) and metrics["mul2_test"]["avg@2"]["n"] == 2
     assert all(s["response_tokens"] > 0 for r in rows for s in r["samples"])
+
+
+def test_retrieval_options(tokenizer, shared_data, bm25_index, tmp_path):
+    """retrieval.corpus builds the index on first use; retrieval.url reads a server instead;
+    max_observation_tokens cuts what the policy reads."""
+    from agentrl.data import write_jsonl
+    from agentrl.retrieval.index import load_retriever
+    from agentrl.retrieval.server import BackgroundServer, create_app
+
+    rows = [{"id": "q1", "question": "Who was Chief of Protocol", "answers": ["Shirley Temple"]}]
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"id": f"d{i}", "title": "Shirley Temple", "text": "Shirley Temple was Chief of Protocol. " * 20}
+                         for i in range(3)])
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+    contexts: list[str] = []
+    oracle = qa_policy({"Who was Chief of Protocol": "Shirley Temple"}, True)
+    policy = ScriptedPolicy(tokenizer, lambda c: contexts.append(c) or oracle(c))
+    spec = {"name": "qa", "path": str(tmp_path / "qa.jsonl"), "env": "agentrl/Search-v0"}
+    built = EvalSuite(datasets=[spec], retrieval={"index_dir": str(tmp_path / "index"), "corpus": str(corpus)},
+                      max_observation_tokens=32, max_new_tokens_per_turn=64, bootstrap=100)
+    assert run_suite(built, policy, progress=False).metrics["qa"]["em"]["value"] == 1.0
+    assert (tmp_path / "index" / "manifest.json").is_file() and "...[observation truncated]..." in contexts[-1]
+    with BackgroundServer(create_app(load_retriever(bm25_index))) as server:
+        served = EvalSuite(datasets=[spec], retrieval={"url": server.url}, max_new_tokens_per_turn=64, bootstrap=100)
+        res = run_suite(served, ScriptedPolicy(tokenizer, oracle), progress=False)
+    assert res.metrics["qa"]["em"]["value"] == 1.0 and res.rows[0]["samples"][0]["turns"][0]["observation"].count("Doc ") == 3
+
+
+def test_seed_and_engine_options_with_the_tiny_model(tmp_path):
+    from agentrl.eval.cli import make_eval_engine
+    from agentrl.eval.config import EvalRunConfig
+
+    run = lambda seed: run_suite(EvalSuite(datasets=[MUL2], k=2, limit=2, seed=seed, max_new_tokens_per_turn=16,  # noqa: E731
+                                           max_total_tokens=200, bootstrap=100), engine, progress=False)
+    cfg = EvalRunConfig(datasets=[MUL2], model=str(tmp_path / "new-model"), init_if_missing="tiny",
+                        engine_options={"dtype": "bfloat16"})
+    engine = make_eval_engine(cfg)  # init_if_missing built it; engine_options reached HFEngine
+    assert (tmp_path / "new-model" / "config.json").is_file() and str(engine.model.dtype) == "torch.bfloat16"
+    texts = lambda res: [t["text"] for r in res.rows for s in r["samples"] for t in s["turns"]]  # noqa: E731
+    assert texts(run(0)) == texts(run(0)) and texts(run(0)) != texts(run(1))

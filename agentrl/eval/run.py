@@ -138,7 +138,7 @@ def run_suite(suite: EvalSuite, engine, out_dir: str | Path | None = None, progr
     info: dict[str, Any] = {"datasets": {}}
     start = time.perf_counter()
     with ExitStack() as stack:
-        bar = stack.enter_context(_progress(sum(len(r) for _, r, _ in datasets), suite.name, progress))
+        bar = stack.enter_context(_Progress(sum(len(r) for _, r, _ in datasets), suite.name, progress))
         cache: dict = {}
         for spec, tasks, kind in datasets:
             t0 = time.perf_counter()
@@ -173,7 +173,7 @@ def run_suite(suite: EvalSuite, engine, out_dir: str | Path | None = None, progr
     return result
 
 
-class _progress:
+class _Progress:
     """A rich progress bar over questions (rate and ETA); a no-op when disabled."""
 
     def __init__(self, total: int, name: str, enabled: bool):
@@ -202,15 +202,12 @@ class _progress:
 
 
 # -- the trainer's entry point -----------------------------------------------------------------
-def periodic_eval(eval_cfg: EvalConfig, engine, tokenizer=None, step: int = 0) -> dict[str, float]:
-    """Run the trainer's ``eval:`` section with its rollout engine; flat ``eval/<dataset>/<metric>``.
-
-    ``tokenizer`` defaults to ``engine.tokenizer`` (the collector uses the engine's)."""
-    if tokenizer is not None and getattr(engine, "tokenizer", None) is not tokenizer:
-        raise ValueError("periodic_eval: tokenizer must be the engine's own (engine.tokenizer)")
+def periodic_eval(eval_cfg: EvalConfig, engine, step: int = 0) -> dict[str, float]:
+    """Run the trainer's ``eval:`` section with its rollout engine (the collector uses
+    ``engine.tokenizer``); returns flat ``eval/<dataset>/<metric>`` values and ``eval/seconds``."""
     suite = eval_cfg.resolve()
     out = Path(eval_cfg.out_dir) / f"step{step}" if eval_cfg.out_dir else None
     result = run_suite(suite, engine, out_dir=out, progress=False, run_info={"step": step})
     flat = result.flat()
-    flat["eval/seconds"] = result.info["seconds"]
+    flat["eval/seconds"] = float(result.info["seconds"])
     return flat
