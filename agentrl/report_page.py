@@ -17,15 +17,16 @@ h1 { font-size: 20px; margin: 18px 0 4px; } h2 { font-size: 16px; margin: 26px 0
 .sub, .none { color: #777; } .notes li { color: #8a5a00; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f6; }
-td:first-child, th:first-child, td.l { text-align: left; }
+td.l, th.l { text-align: left; }
+.tables { display: flex; flex-wrap: wrap; gap: 0 40px; align-items: flex-start; }
 pre { white-space: pre-wrap; word-break: break-word; margin: 4px 0; font: 12.5px/1.4 ui-monospace, monospace; }
-pre.config { background: #f7f7f9; padding: 8px; max-height: 320px; overflow: auto; }
+pre.config { background: #f7f7f9; padding: 8px; max-height: 220px; overflow: auto; }
 img.plots { max-width: 100%; }
-#browser { display: grid; grid-template-columns: minmax(260px, 1fr) 3fr; gap: 16px; align-items: start; }
+#browser { display: grid; grid-template-columns: minmax(320px, 1fr) 2.6fr; gap: 16px; align-items: start; }
 #filters button { margin-right: 4px; padding: 2px 10px; border: 1px solid #bbb; background: #fff; border-radius: 4px; cursor: pointer; }
 #filters button.on { background: #1d1d1f; color: #fff; }
 #traj-list { list-style: none; padding: 0; margin: 8px 0; max-height: 640px; overflow: auto; border: 1px solid #ddd; }
-#traj-list li { padding: 4px 8px; border-bottom: 1px solid #eee; cursor: pointer; }
+#traj-list li { padding: 4px 8px; border-bottom: 1px solid #eee; cursor: pointer; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 #traj-list li:hover { background: #f4f4f6; } #traj-list li.sel { background: #e3ecfb; }
 .pos { color: #0b6b2b; font-weight: 600; } .zero { color: #999; }
 #detail { border: 1px solid #ddd; padding: 8px 12px; min-height: 200px; }
@@ -138,9 +139,13 @@ def _num(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def _table(table_id: str, header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+def _table(table_id: str, header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    """Cells are HTML already; the first ``text_columns`` are left-aligned, numbers right."""
+    def cls(i: int) -> str:
+        return ' class="l"' if i < text_columns else ""
+
+    head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -153,7 +158,7 @@ def _eval_table(rows: list[dict]) -> str:
                     if isinstance(r["ci_low"], (int, float)) and isinstance(r["ci_high"], (int, float)) else "")
         metric = f"<b>{html.escape(r['metric'])}</b>" if r["headline"] else html.escape(r["metric"])
         body.append([html.escape(r["where"]), html.escape(r["dataset"]), metric, _num(r["value"]), interval, _num(r["n"])])
-    return _table("eval-table", ["where", "dataset", "metric", "value", "95% interval", "n"], body)
+    return _table("eval-table", ["where", "dataset", "metric", "value", "95% interval", "n"], body, text_columns=3)
 
 
 def _metrics_table(rows: list[dict]) -> str:
@@ -196,10 +201,12 @@ def render(*, title: str, run_path: str, config_text: str | None, plot_png: byte
 {config}
 <h2>Curves</h2>
 {plots}
-<h2>Evaluation</h2>
-{_eval_table(eval_rows)}
-<h2>Training metrics</h2>
-{_metrics_table(metric_rows)}
+<div class="tables">
+<section><h2>Evaluation</h2>
+{_eval_table(eval_rows)}</section>
+<section><h2>Training metrics</h2>
+{_metrics_table(metric_rows)}</section>
+</div>
 <h2>Trajectories</h2>
 <div class="sub">{decoded}</div>
 {browser}
