@@ -164,8 +164,8 @@ def strip_string(string: str, skip_unit: bool = False) -> str:
 
 
 def normalize_math_answer(text: str) -> str:
-    """What the reference compares: the boxed content (if any), normalised."""
-    return strip_string(extract_boxed_answer(text))
+    """What the reference compares: the boxed content (if any), normalised (input capped)."""
+    return strip_string(extract_boxed_answer(str(text)[:MAX_ANSWER_CHARS]))
 
 
 # -- comparison (grader.py) -------------------------------------------------------------------

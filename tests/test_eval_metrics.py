@@ -34,6 +34,7 @@ def test_majority_vote_pools_equivalent_answers():
     assert majority_correct(["5", "6"], [True, False], "math") == 1.0
     assert majority_correct(["London", "The Paris", "paris!"], [False, True, True], "qa") == 1.0
     assert majority_correct([None, None], [False, False], "math") == 0.0
+    assert majority_correct(["9" * 100_000, "}{" * 50_000, "5"], [False, False, True], "math") == 0.0  # hostile: no hang
 
 
 def test_bootstrap_interval_hand_computed():
