@@ -154,7 +154,8 @@ def trajectory_view(t, source: str, tokenizer=None) -> dict:
         turns = [(_segments(t.input_ids[s:e], t.loss_mask[s:e], tokenizer),
                   _segments(t.input_ids[e:nxt], t.loss_mask[e:nxt], tokenizer)) for (s, e), nxt in zip(spans, ends)]
         # a tokenizer from another model decodes the ids to other text than the collector recorded
-        view["mismatch"] = any("".join(text for _, text in action) != turn.action for (action, _), turn in zip(turns, t.turns))
+        view["mismatch"] = any("".join(text for _, text in action) != turn.action
+                               for (action, _), turn in zip(turns, t.turns))
     else:  # the collector's turn texts: what was generated and what the environment appended
         view["prompt"] = None
         view["decoded"] = False

@@ -200,7 +200,8 @@ def test_report_in_headless_chromium(run_dir, browser, tmp_path):
     assert len(shown) == n - n_rewarded and b.find_element(By.ID, "traj-count").text == f"{n - n_rewarded} of {n} shown"
     next(li for li in shown if li.get_attribute("data-index") == str(hostile)).click()  # hostile text stays text
     assert HOSTILE in b.find_element(By.ID, "detail").text
-    assert b.execute_script("return window.pwned") is None and b.find_elements(By.CSS_SELECTOR, "#detail img, #detail b b") == []
+    assert b.execute_script("return window.pwned") is None
+    assert b.find_elements(By.CSS_SELECTOR, "#detail img, #detail script, #detail pre b") == []
     assert _errors(b) == []
 
     b = _page(browser, tmp_path / "sub" / "report.html", "#t3")  # a link opens that trajectory
@@ -224,7 +225,8 @@ def test_eval_folder_report_shows_intervals_and_samples(eval_dir, browser, tmp_p
     assert len(items) == 6
     items[-1].click()
     detail = b.find_element(By.ID, "detail").text
-    assert "eval mul2_test" in detail and f"gold: {TASKS[-1]['answer']}" in detail and "answer: 7 · gold" in detail and "<answer>7</answer>" in detail
+    assert "eval mul2_test" in detail and f"answer: 7 · gold: {TASKS[-1]['answer']}" in detail
+    assert "<answer>7</answer>" in detail  # the turn's text, beside the parsed answer
     b.find_element(By.CSS_SELECTOR, "#filters button[data-filter=pos]").click()
     assert len(b.find_elements(By.CSS_SELECTOR, "#traj-list li")) == 5
 
