@@ -30,6 +30,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "retrieval"): ("agentrl.retrieval.bench", "retrieval quality and speed"),
     ("bench", "rollout"): ("agentrl.bench_rollout", "collector overhead and engines side by side"),
     ("bench", "trainer"): ("agentrl.bench_trainer", "agentrl GRPO against TRL's GRPOTrainer"),
+    ("bench", "update"): ("agentrl.bench_update", "peak memory and time of one policy update: full logits vs chunked"),
 }
 
 

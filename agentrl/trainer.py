@@ -182,7 +182,7 @@ class GRPOTrainer:
         update = self.updater(batch, counts, self.step) if sum(counts) else {"train/skipped": 1.0}
         t_train = time.perf_counter()
         self._last_trajs = trajs
-        record = {**self._rollout_metrics(trajs), **batch_stats, **sampling, **update}
+        record = {**self._rollout_metrics(trajs), **batch_stats, **sampling, **update, "train/lr": self.engine.lr}
         record.update({"time/rollout_s": t_rollout - t0, "time/generation_s": self.collector.timing.get("generation_s", 0.0),
                        "time/tools_s": self.collector.timing.get("tools_s", 0.0), "time/reference_s": t_ref - t_rollout,
                        "time/training_s": t_train - t_ref, "time/step_s": t_train - t0})
