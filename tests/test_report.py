@@ -28,10 +28,11 @@ HOSTILE = '</script><script>window.pwned = 1</script><img src=x onerror="window.
 
 class OracleEngine:
     """The real tokenizer; the policy's text is agentrl demo's scripted solver (code first, then
-    the interpreter's output as the answer: reward 1), or a fixed ``text``."""
+    the interpreter's output as the answer: reward 1), or a fixed ``text``; the question
+    ``wrong_on`` gets a wrong answer."""
 
-    def __init__(self, tokenizer, text: str | None = None):
-        self.tokenizer, self.text = tokenizer, text
+    def __init__(self, tokenizer, text: str | None = None, wrong_on: str | None = None):
+        self.tokenizer, self.text, self.wrong_on = tokenizer, text, wrong_on
 
     def generate(self, prompts, sampling):
         out = []
@@ -42,6 +43,8 @@ class OracleEngine:
             printed = re.findall(r"<interpreter>\s*(.*?)\s*</interpreter>", seen[question.end():], re.S)
             text = self.text or (f"<answer>{printed[-1]}</answer>" if printed
                                  else f"<think>Compute it.</think>\n<code>\n```python\nprint({a} * {b})\n```\n</code>")
+            if question.group(0) == self.wrong_on:
+                text = "<answer>7</answer>"
             reply = self.tokenizer.encode(text, add_special_tokens=False)[: sampling.max_new_tokens]
             out += [Completion(reply, [0.0] * len(reply), "stop") for _ in range(sampling.n)]
         return out
@@ -85,27 +88,17 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory):
-    """An `agentrl eval` output folder in the layout agentrl/eval/outputs.py documents
-    (metrics.json with bootstrap intervals, samples.jsonl, config.json), from real episodes."""
+    """A real `agentrl eval` run folder (agentrl.eval's run_suite and writer) of the oracle
+    policy on three questions, k = 2; it answers the last question wrong."""
+    from agentrl.eval.config import EvalSuite
+    from agentrl.eval.run import run_suite
+
     out = tmp_path_factory.mktemp("eval")
     tok = HFEngine(str(cached_tiny_model()), num_threads=1).tokenizer
-    trajs = _collect(OracleEngine(tok), 2, TASKS)  # k = 2 samples per question, in question order
-    trajs[-1] = _collect(OracleEngine(tok, "<answer>7</answer>"), 1, TASKS[-1:])[0]  # one wrong sample
-    per_question = np.array([[t.reward for t in trajs[i:i + 2]] for i in range(0, len(trajs), 2)])
-    boot = np.random.default_rng(0).choice(per_question.mean(1), (1000, len(per_question))).mean(1)
-    metrics = {"mul2_test": {"avg@2": {"value": float(per_question.mean()), "n": len(per_question), "headline": True,
-                                       "ci_low": float(np.percentile(boot, 2.5)), "ci_high": float(np.percentile(boot, 97.5))}}}
-    (out / "metrics.json").write_text(json.dumps(metrics))
-    (out / "config.json").write_text(json.dumps({"suite": {"name": "mul2_fast", "k": 2}, "info": {"engine": "hf"}}))
-    with open(out / "samples.jsonl", "w") as f:
-        for task, i in zip(TASKS, range(0, len(trajs), 2)):
-            samples = [{"answer": re.sub(r"</?answer>", "", t.turns[-1].action), "reward": t.reward,
-                        "components": t.reward_components, "stop_reason": t.stop_reason.value,
-                        "turns": [{"text": u.action, "observation": u.observation, "calls": u.calls,
-                                   "tool_latency_s": u.tool_latency_s} for u in t.turns]}
-                       for t in trajs[i:i + 2]]
-            f.write(json.dumps({"id": task["id"], "dataset": "mul2_test", "question": task["question"],
-                                "gold": task["answer"], "samples": samples}) + "\n")
+    suite = EvalSuite(name="mul2_fast", k=2, limit=len(TASKS), max_new_tokens_per_turn=96, max_total_tokens=400,
+                      bootstrap=200, datasets=[{"name": "mul2_test", "path": "package:mul2_test.jsonl",
+                                                "env": "agentrl/PythonTool-v0", "env_kwargs": {"max_turns": 2}}])
+    run_suite(suite, OracleEngine(tok, wrong_on=TASKS[-1]["question"]), out_dir=out, progress=False)
     return out
 
 
@@ -211,9 +204,9 @@ def test_report_in_headless_chromium(run_dir, browser, tmp_path):
 def test_eval_folder_report_shows_intervals_and_samples(eval_dir, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    page = _report(tmp_path, eval_dir)
+    _report(tmp_path, eval_dir)
     metrics = json.loads((eval_dir / "metrics.json").read_text())["mul2_test"]["avg@2"]
-    assert 0 < metrics["ci_low"] < metrics["value"] < metrics["ci_high"] <= 1
+    assert metrics["value"] == pytest.approx(2 / 3) and metrics["ci_low"] < metrics["value"] < metrics["ci_high"]
     b = _page(browser, tmp_path / "sub" / "report.html")
     assert _errors(b) == []
     row = b.find_element(By.CSS_SELECTOR, "#eval-table tbody tr").text
@@ -228,7 +221,7 @@ def test_eval_folder_report_shows_intervals_and_samples(eval_dir, browser, tmp_p
     assert "eval mul2_test" in detail and f"answer: 7 · gold: {TASKS[-1]['answer']}" in detail
     assert "<answer>7</answer>" in detail  # the turn's text, beside the parsed answer
     b.find_element(By.CSS_SELECTOR, "#filters button[data-filter=pos]").click()
-    assert len(b.find_elements(By.CSS_SELECTOR, "#traj-list li")) == 5
+    assert len(b.find_elements(By.CSS_SELECTOR, "#traj-list li")) == 4
 
 
 def test_tokenizer_found_given_or_absent(run_dir, tmp_path):
