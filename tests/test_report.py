@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 
 from agentrl.cli import main
 from agentrl.collector import Collector, CollectorConfig
@@ -61,16 +60,13 @@ def _collect(engine, group_size=2, tasks=TASKS[:2]) -> list[Trajectory]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A real training run folder, completed with what the trainer will write (config.yaml,
-    trajectories.jsonl with a step key, eval/ keys) where this trainer does not write it yet."""
-    from agentrl.config import load_config
-
+    """A real training run folder (metrics.jsonl, config.yaml, trajectories.jsonl, checkpoints)
+    plus rewarded and hostile trajectories from the real collector and eval/ keys on the last
+    step (the trainer's periodic eval is not wired in yet; its values come from real episodes)."""
     out = tmp_path_factory.mktemp("run")
     overrides = [f"model.path={cached_tiny_model()}", f"run.output_dir={out}", *TRAIN_OVERRIDES]
     assert main(["train", "configs/retool_tiny_cpu.yaml", *overrides]) == 0
-    if not (out / "config.yaml").exists():
-        cfg = load_config("configs/retool_tiny_cpu.yaml", overrides)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    assert (out / "config.yaml").is_file() and (out / "trajectories.jsonl").is_file()
     checkpoint = sorted((out / "checkpoints").iterdir())[-1]
     policy = HFEngine(str(checkpoint), num_threads=1)
     tok = policy.tokenizer
@@ -155,7 +151,7 @@ def test_report_in_headless_chromium(run_dir, browser, tmp_path):
     page = _report(tmp_path, run_dir)
     assert not re.search(r"https?://", page), "the page must not reference anything outside itself"
     data = _data(page)
-    # the trainer's own sample of each step (where it writes one) comes first, then the fixture's
+    # the trainer's own sample of each step comes first, then the fixture's
     rows = [json.loads(line) for line in (run_dir / "trajectories.jsonl").read_text().splitlines()]
     n, n_rewarded = len(rows), sum(r["reward"] > 0 for r in rows)
     oracle = next(i for i, r in enumerate(rows) if r["reward"] > 0 and "print(" in r["turns"][0]["action"])
