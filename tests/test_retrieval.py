@@ -117,6 +117,33 @@ def test_embedding_resumes_from_saved_chunks(tmp_path):
         assert enc.encoded == 12 + 10  # another model's chunks are not reused
 
 
+def test_loading_an_index_leaves_no_file_open(bm25_index):
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):  # what every env build does
+            load_retriever(bm25_index)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_remote_reads_a_request_limit_from_413_or_an_older_servers_422():
+    import httpx
+
+    from agentrl.retrieval.remote import _server_limit
+
+    def answer(status, body):
+        return httpx.Response(status, json=body)
+
+    assert _server_limit(answer(413, {"detail": "too many", "max_queries": 7}), sent=30) == 7
+    assert _server_limit(answer(422, {"detail": "too many queries in one request (2560 > 1024)"}), sent=2560) == 1024
+    assert _server_limit(answer(422, {"detail": "'topk' must be an integer"}), sent=30) is None  # another 4xx: not a limit
+    assert _server_limit(answer(413, {"max_queries": 30}), sent=30) is None  # no smaller: splitting would not help
+    assert _server_limit(httpx.Response(413, text="Request Entity Too Large"), sent=30) is None
+
+
 def test_remote_unreachable_names_the_url():
     from agentrl.retrieval.remote import RemoteRetriever
 

@@ -1,6 +1,10 @@
-"""The retrieval server on an ephemeral loopback port: API shape, micro-batching, bad input."""
+"""The retrieval server on an ephemeral loopback port: API shape, micro-batching, bad input.
+
+Search-R1's own client against this server: tests/test_retrieval_search_r1_client.py.
+"""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 
 import httpx
@@ -8,7 +12,8 @@ import pytest
 
 from agentrl.retrieval.index import load_retriever
 from agentrl.retrieval.remote import RemoteRetriever
-from agentrl.retrieval.server import BackgroundServer, create_app
+from agentrl.retrieval.base import Passage
+from agentrl.retrieval.server import BackgroundServer, MicroBatcher, create_app, parse_request
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +58,87 @@ def test_health_and_stats(server, http):
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "JSON object"),
     (b'{"topk": 3}', "missing 'queries'"),
-    (b'{"queries": []}', "non-empty list"),
-    (b'{"queries": "one string"}', "non-empty list"),
+    (b'{"queries": null}', "must be a list of strings"),
+    (b'{"queries": "one string"}', "must be a list of strings"),
     (b'{"queries": ["ok", 5]}', "query 1 must be a string"),
-    (b'{"queries": ["  "]}', "query 0 is empty"),
-    (b'{"queries": ["q"], "topk": 0}', "1..100"),
+    (b'{"queries": ["q"], "topk": -1}', "1..100"),
     (b'{"queries": ["q"], "topk": 101}', "1..100"),
     (b'{"queries": ["q"], "topk": "3"}', "1..100"),
+    (b'{"queries": ["q"], "topk": 2.5}', "1..100"),
+    (b'{"queries": ["q"], "topk": true}', "1..100"),
     (b'{"queries": ["q"], "return_scores": "yes"}', "true or false"),
 ])
 def test_bad_input_is_422_with_a_message(server, http, body, message):
     response = http.post(f"{server.url}/retrieve", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and message in response.json()["detail"]
+
+
+def test_what_search_r1_accepts_is_accepted(server, http):
+    """Search-R1's server: [] -> {"result": []}; blank queries answer nothing in their slot; topk null/0 -> default."""
+    assert http.post(f"{server.url}/retrieve", json={"queries": [], "topk": 3}).json() == {"result": []}
+    answer = http.post(f"{server.url}/retrieve", json={"queries": ["Shirley Temple", "", "  \n", "radio"], "topk": None}).json()
+    assert [len(r) for r in answer["result"]] == [3, 0, 0, 3] and answer["warnings"] == ["queries 1, 2 empty: no passages"]
+    assert [len(r) for r in http.post(f"{server.url}/retrieve", json={"query": "radio", "topk": 0}).json()["result"]] == [3]
+    assert parse_request(b'{"queries": ["q"], "topk": null, "extra": 1}', default_topk=5) == (["q"], 5, False, [])
+
+
+def test_large_request_is_searched_in_chunks_and_stays_aligned(server, http, retriever):
+    titles = list(dict.fromkeys(p.title for p in retriever.passages))
+    queries = [f"{titles[i % len(titles)]} {i}" for i in range(3000)]
+    response = http.post(f"{server.url}/retrieve", json={"queries": queries, "topk": 1}, timeout=120)
+    assert response.status_code == 200
+    expected = [r[0].id if r else None for r in retriever.search(queries, 1)]
+    assert [r[0]["id"] if r else None for r in response.json()["result"]] == expected
+    assert 0 < http.get(f"{server.url}/stats").json()["largest_batch"] <= 64
+
+
+def test_over_the_request_limit_is_413_naming_it(http):
+    with BackgroundServer(create_app(_Echo(), max_queries=3)) as small:
+        response = http.post(f"{small.url}/retrieve", json={"queries": list("abcd")})
+        assert response.status_code == 413 and response.json()["max_queries"] == 3 and "4 > 3" in response.json()["detail"]
+        assert http.post(f"{small.url}/retrieve", json={"queries": list("abc")}).status_code == 200
+    help_text = _serve_help()
+    assert "--max-queries" in help_text and "100,000" in help_text and "--topk" in help_text
+
+
+def _serve_help() -> str:
+    import argparse
+
+    from agentrl.retrieval.server import add_cli_args
+
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)
+    return parser.format_help()
+
+
+class _Echo:
+    """Answers query q with one passage titled q; records every batch it is asked."""
+
+    def __init__(self):
+        self.batches = []
+
+    def search(self, queries, k):
+        self.batches.append(list(queries))
+        return [[Passage(q, q, f"about {q}", 1.0)] * k for q in queries]
+
+
+def test_micro_batcher_never_exceeds_max_batch_and_answers_each_request_its_own():
+    backend = _Echo()
+
+    async def main():
+        batcher = MicroBatcher(backend, max_batch=4, wait_ms=20)
+        await batcher.start()
+        sizes = [3, 5, 10, 1, 4, 2, 9]
+        requests = [[f"r{n}q{i}" for i in range(size)] for n, size in enumerate(sizes)]
+        answers = await asyncio.gather(*(batcher.search(qs, 1 + n % 3) for n, qs in enumerate(requests)))
+        await batcher.stop()
+        return requests, answers
+
+    requests, answers = asyncio.run(main())
+    for n, (qs, answer) in enumerate(zip(requests, answers)):
+        assert [[p.title for p in r] for r in answer] == [[q] * (1 + n % 3) for q in qs]
+    assert max(len(b) for b in backend.batches) <= 4
+    assert sorted(q for b in backend.batches for q in b) == sorted(q for qs in requests for q in qs)  # each searched once
 
 
 def test_megabyte_query_is_truncated_and_said_so(server, http):

@@ -161,7 +161,8 @@ def read_manifest(index_dir: str | Path) -> dict:
 
 def load_passages(index_dir: str | Path, expected: int) -> list[Passage]:
     path = Path(index_dir) / PASSAGES
-    passages = [Passage(**json.loads(line)) for line in path.open(encoding="utf-8") if line.strip()]
+    with path.open(encoding="utf-8") as f:  # closed here, not whenever the GC gets to it (ResourceWarning)
+        passages = [Passage(**json.loads(line)) for line in f if line.strip()]
     if len(passages) != expected:
         raise IndexMismatchError(f"{path} has {len(passages)} passages but the manifest says {expected}: the index is corrupt, rebuild it")
     return passages
