@@ -72,7 +72,7 @@ def trained_token_stats(
     loss_mask: Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
 ) -> tuple[Tensor, Tensor | None]:
     """``(logprobs [B, T], entropy [B, T] or None)``, float32 and aligned with ``input_ids``:
 
@@ -83,28 +83,33 @@ def trained_token_stats(
     The temperature is the sampling temperature, so the ratio and the entropy are of the
     distribution that generated the tokens. Gradients flow into both outputs when grad is enabled
     (so an entropy bonus reaches the weights).
+
+    ``chunk_tokens=None``: the head runs exactly once, on all N rows, without checkpointing
+    (``[N, V]`` logits, still only at trained positions). Under ZeRO-3 every head call gathers
+    the head's partitioned weight, a collective: ranks holding different numbers of trained tokens
+    would make different numbers of chunked calls and deadlock, so partitioned engines use this.
     """
     B, T = input_ids.shape
     logp_out = torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)
     ent_out = torch.zeros_like(logp_out) if with_entropy else None
     rows, cols = loss_mask[:, 1:].to(input_ids.device).bool().nonzero(as_tuple=True)  # predicting token cols+1
-    if rows.numel() == 0:
-        if torch.is_grad_enabled():  # keep the graph connected: a backward on this loss must still run
-            logp_out = logp_out + 0.0 * model.hidden(input_ids[:, :1], attention_mask[:, :1]).float().sum()
-        return logp_out, ent_out
-    hidden = model.hidden(input_ids, attention_mask)[rows, cols]  # [N, H]
+    hidden = model.hidden(input_ids, attention_mask)
+    selected = hidden[rows, cols]  # [N, H]
     targets = input_ids[rows, cols + 1]
-    grad = torch.is_grad_enabled()
-    logps, ents = [], []
-    for s in range(0, hidden.shape[0], chunk_tokens):
-        args = (model.head, hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens], temperature, with_entropy)
-        lp, en = checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args)
-        logps.append(lp)
-        ents.append(en)
+    if chunk_tokens is None:  # one head call, even on zero rows: see the docstring
+        pieces = [_chunk_stats(model.head, selected, targets, temperature, with_entropy)]
+    else:
+        grad = torch.is_grad_enabled()
+        pieces = []
+        for s in range(0, selected.shape[0], chunk_tokens):
+            args = (model.head, selected[s:s + chunk_tokens], targets[s:s + chunk_tokens], temperature, with_entropy)
+            pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
+    if not pieces:  # nothing to train on: keep the graph connected, a backward on this loss must still run
+        return logp_out + 0.0 * hidden.float().sum(), ent_out
     index = (rows, cols + 1)
-    logp_out = logp_out.index_put(index, torch.cat(logps))
+    logp_out = logp_out.index_put(index, torch.cat([p[0] for p in pieces]))
     if with_entropy:
-        ent_out = ent_out.index_put(index, torch.cat(ents))
+        ent_out = ent_out.index_put(index, torch.cat([p[1] for p in pieces]))
     return logp_out, ent_out
 
 

@@ -60,7 +60,7 @@ def _dummy_pass(parts, device) -> torch.Tensor:
 
 
 def no_grad_logprobs(parts, batch: dict, micro: int, n_chunks: int, temperature: float, device,
-                     chunk_tokens: int, sort: bool = True) -> torch.Tensor:
+                     chunk_tokens: int | None, sort: bool = True) -> torch.Tensor:
     """Log-probs ``[B, T]`` (CPU, float32) of ``batch``'s loss-mask tokens under ``parts`` (the
     policy or the frozen reference), ``micro`` sequences per forward, no grad. ``n_chunks`` is
     the number of forwards every rank makes (the most any rank needs)."""
@@ -123,6 +123,8 @@ class PolicyUpdate:
     def __init__(self, engine, cfg):
         self.engine, self.cfg = engine, cfg
         self._nan_injected = False
+        # ZeRO-3: one LM-head call per forward on every rank (see trained_token_stats)
+        self.chunk_tokens = None if getattr(engine, "partitioned_weights", False) else cfg.optim.logprob_chunk_tokens
 
     # -- helpers shared with the trainer -------------------------------------------------------
     def n_chunks(self, counts: list[int]) -> int:
@@ -132,7 +134,7 @@ class PolicyUpdate:
     def logprobs(self, parts, batch: dict | None, counts: list[int]) -> torch.Tensor | None:
         o, r = self.cfg.optim, self.cfg.rollout
         out = no_grad_logprobs(parts, batch or {}, o.micro_batch_size, self.n_chunks(counts), r.temperature,
-                               self.engine.device, o.logprob_chunk_tokens, o.sort_by_length)
+                               self.engine.device, self.chunk_tokens, o.sort_by_length)
         return out if batch else None
 
     def _reduce(self, sums: dict[str, float], max_keys=(), min_keys=()) -> dict[str, float]:
@@ -232,7 +234,7 @@ class PolicyUpdate:
                 mb = micro_batch(batch, chunks[i], device)
                 logprobs, entropy = trained_token_stats(self.engine, mb["input_ids"], mb["attention_mask"], mb["loss_mask"],
                                                         self.cfg.rollout.temperature, with_entropy=True,
-                                                        chunk_tokens=o.logprob_chunk_tokens)
+                                                        chunk_tokens=self.chunk_tokens)
                 if a.entropy_coef == 0.0:
                     entropy = entropy.detach()  # reported only
                 loss, m = grpo_loss(

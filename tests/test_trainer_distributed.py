@@ -94,3 +94,15 @@ def test_two_rank_training_checkpoints_and_resume(stage, tmp_path):
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step_00000002", "step_00000003"]  # keep_checkpoints: 2
     assert json.loads((out / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_zero3_reference_model_is_partitioned_like_the_policy(tmp_path):
+    # kl_coef > 0 under ZeRO-3: the reference is a DeepSpeed ZeRO-3 engine of its own
+    # (DeepSpeedEngine.frozen_copy), run in micro-batches that every rank makes the same number of
+    # (forwards gather parameters: a collective), here 2 + 1 groups over 2 ranks.
+    out = tmp_path / "run"
+    _train(out, 3, 1, "algorithm.kl_coef=0.05", "algorithm.kl_kind=k2", "algorithm.old_logprobs=recompute")
+    (line,) = _lines(out)
+    assert line["train/kl"] >= 0 and line["train/kl"] == line["train/kl"]
+    assert line["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # recomputed old log-probs
+    assert line["mismatch/abs_logp_diff_max"] < 1e-3
