@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agentrl.eval.config import EvalConfig  # noqa: E402  (imports agentrl.config lazily: no cycle)
+
 
 class ConfigError(ValueError):
     pass
@@ -151,6 +153,10 @@ class TrainConfig(_Strict):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     engine: Literal["torch", "deepspeed"] = "torch"
     deepspeed: DeepSpeedConfig | None = None
+    eval: EvalConfig | None = None
+    """Held-out evaluation every ``eval.every`` steps with the rollout engine; its metrics
+    (``eval/<dataset>/<metric>``) are logged beside the training metrics; run folders go to
+    ``eval.out_dir`` (default ``run.output_dir/eval``)."""
 
     @model_validator(mode="after")
     def _no_silently_ignored_options(self) -> "TrainConfig":

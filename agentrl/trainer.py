@@ -156,6 +156,8 @@ class GRPOTrainer:
         with ProgressBar(self.cfg.run.steps, enabled=self.cfg.run.progress and self.engine.is_main, start=self.step) as bar:
             while self.step < self.cfg.run.steps:
                 record = self.train_step()
+                if not record.get("guard/restored"):
+                    record.update(self._evaluate())
                 history.append(record)
                 self.metrics.write(record, self.step)
                 self._save_trajectories()
@@ -333,6 +335,18 @@ class GRPOTrainer:
                 "batch/flat_group_frac": sums["flat_groups"] / max(sums["groups"], 1.0),
                 "response_length/mean": sums["resp_sum"] / e, "response_length/max": extremes["resp_max"],
                 "response_length/clip_frac": sums["clipped"] / e}
+
+    def _evaluate(self) -> dict:
+        """The ``eval:`` section's suite every ``eval.every`` steps, on rank 0 with the rollout
+        engine (which holds the current weights: shared, or pushed after the step)."""
+        e = self.cfg.eval
+        if e is None or self.step % e.every or not self.engine.is_main:
+            return {}
+        from agentrl.eval.run import periodic_eval
+
+        if e.out_dir is None:
+            e = e.model_copy(update={"out_dir": str(self.out / "eval")})
+        return periodic_eval(e, self.rollout, self.step)
 
     def _save_trajectories(self) -> None:
         """A few of the step's trajectories, appended to trajectories.jsonl (for reports)."""

@@ -91,3 +91,12 @@ def test_missing_or_broken_config_files(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
     assert parse_config({}).algorithm.advantage == "grpo"
+
+
+def test_periodic_eval_is_logged_beside_the_training_metrics(tmp_path):
+    history, _ = run(tiny_cfg(tmp_path, "run.steps=2",
+                              "eval={every: 2, config: configs/eval/mul2_cpu.yaml, fast: true, limit: 2, k: 1}"))
+    assert not any(k.startswith("eval/") for k in history[0])  # every 2 steps
+    assert history[1]["eval/mul2_test/avg@1"] == history[1]["eval/mul2_test/avg@1"]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/mul2_test/avg@1" in lines[1] and (tmp_path / "eval" / "step2" / "metrics.json").is_file()

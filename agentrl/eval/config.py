@@ -155,14 +155,16 @@ class EvalConfig(_Strict):
 
     def resolve(self) -> EvalSuite:
         """The suite this section runs, with its ``limit`` and ``k`` applied."""
-        suite = self.suite if self.suite is not None else load_eval_config(self.config, fast=self.fast)
+        suite = self.suite if self.suite is not None else load_eval_config(self.config, fast=self.fast, suite_only=True)
         tree = suite.model_dump(include=set(EvalSuite.model_fields))
         tree.update({key: value for key, value in (("limit", self.limit), ("k", self.k)) if value is not None})
         return EvalSuite.model_validate(tree)
 
 
-def load_eval_config(path: str | Path, overrides: list[str] = (), fast: bool = False) -> EvalRunConfig:
-    """Read an eval config; ``fast`` applies its ``fast:`` overrides, then ``key=value`` ``overrides``."""
+def load_eval_config(path: str | Path, overrides: list[str] = (), fast: bool = False,
+                     suite_only: bool = False) -> EvalRunConfig | EvalSuite:
+    """Read an eval config; ``fast`` applies its ``fast:`` overrides, then ``key=value`` ``overrides``.
+    ``suite_only``: just the suite (the trainer brings its own model and engine)."""
     from agentrl.config import ConfigError, parse_config  # here: agentrl.config may import this module
 
     p = Path(path)
@@ -189,4 +191,7 @@ def load_eval_config(path: str | Path, overrides: list[str] = (), fast: bool = F
                     node[int(key) if isinstance(node, list) else key] = value
                 else:
                     node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    if suite_only:
+        tree = {k: v for k, v in tree.items() if k in EvalSuite.model_fields}
+        return parse_config(tree, list(overrides), schema=EvalSuite)
     return parse_config(tree, list(overrides), schema=EvalRunConfig)
