@@ -6,6 +6,12 @@ tool calls run concurrently in a thread pool, so one slow call does not stall th
 Token exactness: the prompt is rendered once with the chat template; after that ids are only
 appended. Sampled ids are kept as sampled (never decoded and re-encoded); observations are
 tokenised once, on their own, and appended with loss mask 0.
+
+Chat formats (Hermes / Qwen): a turn ends where the model ends it, at the end-of-turn token it
+samples (EOS / ``<|im_end|>``, loss mask 1); each tool output is rendered as its own tool message
+by the chat template, and what the template puts between that assistant turn and the next
+generation prompt is appended, minus the end-of-turn token the model already sampled. So the
+ids equal the template's own rendering of the conversation.
 """
 from __future__ import annotations
 
@@ -56,6 +62,8 @@ class _Episode:
     components: dict[str, float] = field(default_factory=dict)
     stop_reason: StopReason | None = None
     truncated: bool = False
+    turn_end: str = ""
+    """Text of the end-of-turn token that closed the last turn when the model sampled it (EOS)."""
 
     @property
     def done(self) -> bool:
@@ -91,6 +99,7 @@ class Collector:
         self._pool: list[gym.Env] = []
         self._executor = ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="agentrl-tool")
         self._round = 0
+        self._end_of_turn_id = end_of_turn_id(self.tokenizer)
         self.timing: dict[str, float] = {}
         """Seconds spent generating and in env steps (tools) during the last ``collect``."""
 
@@ -145,8 +154,12 @@ class Collector:
         if not batch:
             return
         stop = tuple(dict.fromkeys(s for e, _ in batch for s in e.env.unwrapped.stop_strings))
+        # Chat formats end a turn at the template's end-of-turn token, also when it is not the model's EOS.
+        chat = any(getattr(e.env.unwrapped, "chat_observations", False) for e, _ in batch)
+        end_ids = (self._end_of_turn_id,) if chat and self._end_of_turn_id is not None else ()
         base = self._seed if c.seed is None else c.seed * 1_000_003 + self._seed
-        sampling = SamplingParams(c.temperature, c.top_p, c.top_k, max(b for _, b in batch), stop, 1, base * 1009 + self._round)
+        sampling = SamplingParams(c.temperature, c.top_p, c.top_k, max(b for _, b in batch), stop, 1, base * 1009 + self._round,
+                                  stop_token_ids=end_ids)
         self._round += 1
         completions = self.engine.generate([e.ids for e, _ in batch], sampling)
         for (e, b), comp in zip(batch, completions):
@@ -159,6 +172,8 @@ class Collector:
         e.turn_spans.append((start, len(e.ids)))
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         e.turns.append(TurnRecord(action=text, observation="", n_action_tokens=len(ids)))
+        ended = comp.finish_reason == "eos" and bool(ids) and len(ids) == len(comp.token_ids)
+        e.turn_end = self.tokenizer.decode(ids[-1:], skip_special_tokens=False) if ended else ""
         hit_limit = len(e.ids) >= self.config.max_total_tokens and (comp.finish_reason == "length" or len(ids) < len(comp.token_ids))
         if hit_limit:
             self._stop(e, StopReason.MAX_TOKENS, truncated=True)
@@ -170,12 +185,15 @@ class Collector:
 
     def _step_one(self, e: _Episode):
         try:
-            return e.env.step(e.turns[-1].action), None
+            result = e.env.step(e.turns[-1].action)
+            # Wall-clock latency is not in info (info must be deterministic): read it off the env,
+            # in this thread, right after its step.
+            return result, float(getattr(e.env.unwrapped, "last_tool_latency_s", 0.0) or 0.0), None
         except Exception as exc:  # infrastructure failure: end this episode, keep the batch going
             log.exception("env.step failed")
-            return None, exc
+            return None, 0.0, exc
 
-    def _record_step(self, e: _Episode, result, error: Exception | None) -> None:
+    def _record_step(self, e: _Episode, result, latency_s: float, error: Exception | None) -> None:
         turn = e.turns[-1]
         if error is not None:
             turn.info["error"] = f"{type(error).__name__}: {error}"
@@ -183,22 +201,23 @@ class Collector:
             return
         observation, reward, terminated, truncated, info = result
         turn.reward, turn.calls = float(reward), info.get("tool_calls", [])
-        turn.tool_latency_s = float(info.get("tool_latency_s", 0.0))
-        turn.info = {k: v for k, v in info.items() if k not in ("tool_calls", "tool_latency_s")}
+        turn.tool_latency_s = float(info.get("tool_latency_s", latency_s))  # envs that still report it in info
+        outputs = info.get("tool_outputs") or None
+        turn.info = {k: v for k, v in info.items() if k not in ("tool_calls", "tool_latency_s", "tool_outputs")}
         e.total_reward += float(reward)
         if terminated or truncated:
             e.components = dict(info.get("reward_components", {}))
             answered = info.get("answer") is not None
             e.stop_reason = StopReason.ANSWER if answered else StopReason.MAX_TURNS
             if observation:
-                self._append_observation(e, observation)
+                self._append_observation(e, observation, outputs)
             return
-        self._append_observation(e, observation)
+        self._append_observation(e, observation, outputs)
         if len(e.ids) >= self.config.max_total_tokens:
             self._stop(e, StopReason.MAX_TOKENS, truncated=True)
 
-    def _append_observation(self, e: _Episode, observation: str) -> None:
-        text = self._wrap_observation(e.env, observation)
+    def _append_observation(self, e: _Episode, observation: str, outputs: list[str] | None = None) -> None:
+        text = self._wrap_observation(e.env, observation, outputs, e.turn_end)
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         limit = self.config.max_observation_tokens
         if len(ids) > limit:
@@ -229,10 +248,10 @@ class Collector:
     def _render_prompt(self, env: gym.Env, prompt: Any) -> list[int]:
         return render_prompt(self.tokenizer, prompt, getattr(env.unwrapped, "tool_schemas", None))
 
-    def _wrap_observation(self, env: gym.Env, observation: str) -> str:
+    def _wrap_observation(self, env: gym.Env, observation: str, outputs: list[str] | None = None, turn_end: str = "") -> str:
         if not getattr(env.unwrapped, "chat_observations", False):
             return observation  # tag formats (ReTool, Search-R1) append the text as is
-        return wrap_tool_observation(self.tokenizer, observation)
+        return wrap_tool_observation(self.tokenizer, outputs or [observation], turn_end=turn_end)
 
 
 def render_prompt(tokenizer, prompt: Any, tools: list[dict] | None = None) -> list[int]:
@@ -243,12 +262,35 @@ def render_prompt(tokenizer, prompt: Any, tools: list[dict] | None = None) -> li
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def wrap_tool_observation(tokenizer, observation: str) -> str:
+def end_of_turn_id(tokenizer) -> int | None:
+    """Id of the special token the chat template closes an assistant turn with (``<|im_end|>``,
+    ``<|eot_id|>``), or None (no template, or a turn that ends in plain text)."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": _PLACEHOLDER}],
+                                             tokenize=False)
+    except Exception:  # no chat template: tag formats only
+        return None
+    suffix = text[text.rfind(_PLACEHOLDER) + len(_PLACEHOLDER):] if _PLACEHOLDER in text else ""
+    ids = tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
+    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items() if getattr(t, "special", False)}
+    return ids[0] if ids and ids[0] in special else None
+
+
+def wrap_tool_observation(tokenizer, observation: str | Sequence[str], turn_end: str = "") -> str:
     """The chat template's own text between an assistant message and the next generation
-    prompt, with ``observation`` as a tool message. Found by rendering a placeholder
+    prompt, with one tool message per output (``observation``: one str, or one per call; Qwen's
+    templates render one ``<tool_response>`` block per message). Found by rendering a placeholder
     conversation: the real history is never re-rendered, so templates that rewrite history
-    (dropping earlier ``<think>`` blocks) cannot shift the ids."""
-    convo = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _PLACEHOLDER},
-             {"role": "tool", "content": observation}]
+    (dropping earlier ``<think>`` blocks) cannot shift the ids.
+
+    ``turn_end``: the text of the end-of-turn token the model already sampled (``<|im_end|>``);
+    when the template's text starts with it, it is not appended a second time."""
+    outputs = [observation] if isinstance(observation, str) else list(observation)
+    convo = [{"role": "user", "content": "u"}, {"role": "assistant", "content": _PLACEHOLDER}]
+    convo += [{"role": "tool", "content": o} for o in outputs]
     text = tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
-    return text[text.rfind(_PLACEHOLDER) + len(_PLACEHOLDER):]
+    text = text[text.rfind(_PLACEHOLDER) + len(_PLACEHOLDER):]
+    if turn_end and text.startswith(turn_end):
+        text = text[len(turn_end):]
+    return text

@@ -34,7 +34,8 @@ def run_demo(seed: int = 0, sandbox: str = "local") -> float:
         observation, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
         if observation:
-            console.print(f"[bold yellow]environment[/] ({info['tool_latency_s'] * 1000:.1f} ms): {observation.strip()}")
+            latency_ms = env.unwrapped.last_tool_latency_s * 1000
+            console.print(f"[bold yellow]environment[/] ({latency_ms:.1f} ms): {observation.strip()}")
     console.print(f"[bold]reward[/] {reward}  components {info['reward_components']}")
     env.close()
     return reward

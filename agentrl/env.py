@@ -3,13 +3,22 @@
 The action is the model's text for one turn; the observation is the text the environment
 appends (tool output, or feedback). ``reset`` returns the prompt as chat messages.
 Subclasses supply the prompt and the reward; the turn loop is fixed here.
+
+The envs pass gymnasium's own ``check_env`` (a seeded reset and step give the same observation
+and info: wall-clock tool latency is kept out of ``info``, in ``last_tool_latency_s``) and run
+in ``gymnasium.make_vec`` in both modes: ``TextSpace`` registers gymnasium's shared-memory
+functions, so ``AsyncVectorEnv``'s default ``shared_memory=True`` works.
 """
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
 import time
+from collections.abc import Sequence as _SequenceABC
 from typing import Any, Sequence
 
 import gymnasium as gym
+from gymnasium.vector.utils import create_shared_memory, read_from_shared_memory, write_to_shared_memory
 
 from agentrl.parsers import ToolCallParser
 from agentrl.tools import Tool, tool_schema
@@ -44,14 +53,107 @@ class TextSpace(gym.spaces.Space):
         return isinstance(other, TextSpace) and other.max_length == self.max_length
 
 
+# -- AsyncVectorEnv shared memory for TextSpace ------------------------------------------------
+# One fixed slot per sub-environment: 8 bytes of length, 1 byte of kind (0: str as UTF-8,
+# 1: a list of messages as JSON), then the bytes. 4 bytes per character hold any str within
+# max_length ("surrogatepass" keeps lone surrogates, which model text can contain).
+_SLOT_HEADER = 9
+
+
+def _slot_size(space: TextSpace) -> int:
+    return _SLOT_HEADER + 4 * space.max_length
+
+
+def _encode_text(value: Any) -> tuple[int, bytes]:
+    if isinstance(value, str):
+        return 0, value.encode("utf-8", "surrogatepass")
+    return 1, json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+class SharedTexts(_SequenceABC):
+    """The batch of observations in shared memory, decoded on access: AsyncVectorEnv reads its
+    shared buffer once and returns that object after every step, so it must be a live view (as
+    numpy views are for Box spaces). A copy (``copy=True``, the default) is a plain tuple."""
+
+    def __init__(self, shared_memory: Any, n: int, slot: int):
+        self._memory, self._n, self._slot = shared_memory, n, slot
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(self._n)))
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        view = memoryview(self._memory.get_obj()).cast("B")
+        base = index * self._slot
+        length = int.from_bytes(view[base : base + 8], "little")
+        data = bytes(view[base + _SLOT_HEADER : base + _SLOT_HEADER + length]).decode("utf-8", "surrogatepass")
+        return data if view[base + 8] == 0 else json.loads(data)
+
+    def __deepcopy__(self, memo: dict) -> tuple:
+        return tuple(self)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, (SharedTexts, tuple, list)) and tuple(self) == tuple(other)
+
+    def __repr__(self) -> str:
+        return f"SharedTexts({tuple(self)!r})"
+
+
+@create_shared_memory.register(TextSpace)
+def _create_text_shared_memory(space: TextSpace, n: int = 1, ctx: Any = mp):
+    return ctx.Array("B", n * _slot_size(space))
+
+
+@read_from_shared_memory.register(TextSpace)
+def _read_text_from_shared_memory(space: TextSpace, shared_memory: Any, n: int = 1) -> SharedTexts:
+    return SharedTexts(shared_memory, n, _slot_size(space))
+
+
+@write_to_shared_memory.register(TextSpace)
+def _write_text_to_shared_memory(space: TextSpace, index: int, value: Any, shared_memory: Any) -> None:
+    kind, data = _encode_text(value)
+    slot = _slot_size(space)
+    if len(data) > slot - _SLOT_HEADER:
+        raise ValueError(f"an observation of {len(data)} bytes does not fit the {slot - _SLOT_HEADER}-byte shared-memory "
+                         f"slot of {space!r}; make the vector env with vector_kwargs={{'shared_memory': False}}")
+    view = memoryview(shared_memory.get_obj()).cast("B")
+    base = index * slot
+    view[base : base + 8] = len(data).to_bytes(8, "little")
+    view[base + 8] = kind
+    view[base + _SLOT_HEADER : base + _SLOT_HEADER + len(data)] = data
+
+
+def clip_text(text: str, limit: int, marker: str = "\n...[truncated]...\n") -> str:
+    """``text`` cut to at most ``limit`` characters around ``marker`` (head and tail kept)."""
+    if len(text) <= limit:
+        return text
+    if limit <= len(marker):
+        return text[:limit]
+    head = (limit - len(marker)) * 3 // 4
+    return text[:head] + marker + text[len(text) - (limit - len(marker) - head):]
+
+
 class ToolEnv(gym.Env):
     """Multi-turn tool environment over a dataset of tasks (dict rows).
 
     ``reset(options={"task": row})`` or ``{"task_index": i}`` poses a given task (the collector
     does this for GRPO groups); otherwise a task is drawn with the env's seeded RNG.
+
+    ``info`` is a function of the seed and the actions (gymnasium's ``check_env`` checks this):
+    it carries the parsed calls, their outputs (``tool_outputs``, one per call then one per
+    error), invalid-call counts and reward components. The wall-clock time the last step spent
+    in tools is ``last_tool_latency_s``, an attribute, not part of ``info``.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    max_observation_chars = 65_536
+    """Longest observation: longer tool outputs are cut (head and tail kept) to fit, so every
+    observation lies in ``observation_space`` (and in AsyncVectorEnv's shared memory)."""
 
     def __init__(
         self,
@@ -69,8 +171,10 @@ class ToolEnv(gym.Env):
         self.max_turns = max_turns
         self.render_mode = render_mode
         self.action_space = TextSpace()
-        self.observation_space = TextSpace()
+        self.observation_space = TextSpace(self.max_observation_chars)
         self.task: dict = {}
+        self.last_tool_latency_s = 0.0
+        """Seconds the last ``step`` spent running tool calls (wall clock; 0.0 without calls)."""
         self._turn = 0
         self._transcript: list[str] = []
 
@@ -90,11 +194,13 @@ class ToolEnv(gym.Env):
     # -- gymnasium API ---------------------------------------------------------------------
     @property
     def stop_strings(self) -> tuple[str, ...]:
+        """What the engine stops a turn at: tag formats' closers; none for chat formats, whose
+        turn ends at the end-of-turn token the model samples (EOS / ``<|im_end|>``)."""
         return self.parser.stop_strings
 
     @property
     def chat_observations(self) -> bool:
-        """True when the collector should wrap observations in the chat template's tool turn."""
+        """True when the collector should render each tool output as a tool message of the chat template."""
         return getattr(self.parser, "chat", False)
 
     @property
@@ -120,6 +226,7 @@ class ToolEnv(gym.Env):
             if hasattr(tool, "reset"):
                 tool.reset()
         self._turn = 0
+        self.last_tool_latency_s = 0.0
         prompt = self.build_prompt(self.task)
         self._transcript = [f"[{m['role']}] {m['content']}" for m in prompt]
         return prompt, {"task_id": str(self.task.get("id", "")), "tools": sorted(self.tools)}
@@ -128,12 +235,13 @@ class ToolEnv(gym.Env):
         if not isinstance(action, str):
             raise TypeError(f"action must be the model's text (str), got {type(action).__name__}")
         self._turn += 1
+        self.last_tool_latency_s = 0.0
         turn = self.parser.parse(action)
         info: dict[str, Any] = {
             "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in turn.calls],
+            "tool_outputs": [],
             "parse_errors": list(turn.errors),
             "n_invalid_calls": len(turn.errors),
-            "tool_latency_s": 0.0,
             "turn": self._turn,
         }
         self._transcript.append(f"[assistant] {action}")
@@ -142,12 +250,15 @@ class ToolEnv(gym.Env):
 
         start = time.perf_counter()
         outputs = [self._call(c.name, c.arguments, info) for c in turn.calls]
-        info["tool_latency_s"] = time.perf_counter() - start
+        if turn.calls:
+            self.last_tool_latency_s = time.perf_counter() - start
         outputs += [f"Error: {e}" for e in turn.errors]
         if not outputs:
             info["n_invalid_calls"] += 1
             outputs = [self.no_action_feedback()]
-        observation = self.parser.format_observation(outputs)
+        outputs = self._fit(outputs)
+        observation = clip_text(self.parser.format_observation(outputs), self.observation_space.max_length)
+        info["tool_outputs"] = outputs
         reward = self.turn_reward(turn, outputs)
         info["turn_reward"] = reward
         self._transcript.append(f"[tool] {observation}")
@@ -155,11 +266,17 @@ class ToolEnv(gym.Env):
             return self._finish(observation, None, info, truncated=True, turn_reward=reward)
         return observation, reward, False, False, info
 
+    def _fit(self, outputs: list[str]) -> list[str]:
+        """Cut outputs so that, with the format's wrapping, the observation fits the space."""
+        budget = max(256, self.max_observation_chars // len(outputs) - 64)
+        return [clip_text(o, budget, "\n...[output truncated]...\n") for o in outputs]
+
     def _call(self, name: str, arguments: dict, info: dict) -> str:
         tool = self.tools.get(name)
         if tool is None:
             info["n_invalid_calls"] += 1
-            return f"Error: unknown tool {name!r}; available: {', '.join(sorted(self.tools))}"
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            return f"Error: unknown tool {shown!r}; available: {', '.join(sorted(self.tools))}"
         try:
             return tool.call(arguments)
         except Exception as e:  # a tool's failure is something the model reads, not a crash
@@ -167,7 +284,7 @@ class ToolEnv(gym.Env):
             return f"Error: {type(e).__name__}: {e}"
 
     def no_action_feedback(self) -> str:
-        closers = " or ".join(self.parser.stop_strings)
+        closers = " or ".join(getattr(self.parser, "closers", None) or self.parser.stop_strings)
         return f"Error: no tool call or answer found; end a call or your answer with {closers}."
 
     def _finish(self, observation: str, answer: str | None, info: dict, truncated: bool, turn_reward: float = 0.0):

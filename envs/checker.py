@@ -1,14 +1,18 @@
 """A checker for multi-turn text environments, in the spirit of gymnasium's ``check_env``.
 
 Run any new environment through ``check_text_env(env)``: it plays a few hostile turns
-(garbage, malformed calls, an empty action) and checks the API contract. Raises
+(garbage, malformed calls, an empty action, floods of openers, JSON that breaks ``json.loads``)
+and checks the API contract, including that a seeded reset and step give the same info (what
+gymnasium's ``check_env`` requires: keep wall-clock times out of ``info``). Raises
 ``TextEnvCheckError`` naming the first broken rule; returns a summary dict when all pass.
+For the gymnasium API itself, also run ``gymnasium.utils.env_checker.check_env(env.unwrapped)``.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.utils.env_checker import data_equivalence
 
 HOSTILE_ACTIONS = (
     "",
@@ -18,6 +22,11 @@ HOSTILE_ACTIONS = (
     "<tool_call>{not json}</tool_call>",
     "<search>q</search>" * 50,  # a flood of calls
     "\x00\udcff binary junk \ufffd",
+    # Fuzzing found these: quadratic scans over openers, and json.loads raising past JSONDecodeError.
+    "<code>" * 100_000,
+    "<tool_call>" * 50_000,
+    '<tool_call>{"name": "python", "arguments": ' + "[" * 100_000 + "}</tool_call>",
+    '<tool_call>{"name": "python", "arguments": {"code": ' + "1" * 5000 + "}}</tool_call>",
 )
 
 
@@ -47,11 +56,18 @@ def _check_step(env: gym.Env, result: Any, action: str) -> bool:
     _require(isinstance(reward, (int, float)) and reward == reward, f"reward must be a finite number, got {reward!r}")
     _require(isinstance(terminated, bool) and isinstance(truncated, bool), "terminated and truncated must be bool")
     _require(isinstance(info, dict), "info must be a dict")
-    for key in ("tool_calls", "tool_latency_s", "n_invalid_calls"):
+    for key in ("tool_calls", "n_invalid_calls"):
         _require(key in info, f"info must carry {key!r}")
     if terminated or truncated:
         _require("reward_components" in info, "the final step's info must carry 'reward_components'")
     return terminated or truncated
+
+
+def _step(env: gym.Env, action: str) -> Any:
+    try:
+        return env.step(action)
+    except Exception as e:  # the contract: bad model text never raises
+        raise TextEnvCheckError(f"step({action[:40]!r}) raised {type(e).__name__}: {str(e)[:200]}") from e
 
 
 def check_text_env(env: gym.Env, seed: int = 0, max_steps: int = 64) -> dict:
@@ -67,16 +83,20 @@ def check_text_env(env: gym.Env, seed: int = 0, max_steps: int = 64) -> dict:
     _require(isinstance(info, dict), "reset() info must be a dict")
     prompt_b, _ = env.reset(seed=seed)
     _require(prompt_a == prompt_b, "reset(seed=s) must be deterministic: two resets with one seed gave different prompts")
+    steps = []
+    for _ in range(2):
+        env.reset(seed=seed)
+        steps.append(_step(env, HOSTILE_ACTIONS[1]))
+    _require(data_equivalence(steps[0], steps[1]),
+             "step() after reset(seed=s) must be deterministic: the same action gave a different observation, reward or "
+             "info (keep wall-clock values such as tool latency out of info)")
 
     invalid = 0
     episodes = 0
     for action in HOSTILE_ACTIONS:
         env.reset(seed=seed)
         for _ in range(max_steps):
-            try:
-                result = env.step(action)
-            except Exception as e:  # the contract: bad model text never raises
-                raise TextEnvCheckError(f"step({action[:40]!r}) raised {type(e).__name__}: {e}") from e
+            result = _step(env, action)
             invalid += result[4].get("n_invalid_calls", 0)
             if _check_step(env, result, action):
                 episodes += 1

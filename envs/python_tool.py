@@ -53,6 +53,7 @@ class PythonToolEnv(ToolEnv):
         tool_enabled: bool = True,
         limit: int | None = None,
         render_mode: str | None = None,
+        max_parallel_calls: int = 4,
     ):
         if tool_format not in FORMATS:
             raise ValueError(f"tool_format must be one of {sorted(FORMATS)}, got {tool_format!r}")
@@ -66,8 +67,10 @@ class PythonToolEnv(ToolEnv):
         tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
         if not tool_enabled:  # the no-tool control: calls are answered, nothing runs, no sandbox starts
             tool = DisabledTool(tool)
-        parser, default_prompt = FORMATS[tool_format]
-        super().__init__(tasks, [tool], parser(), max_turns=max_turns, render_mode=render_mode)
+        make_parser, default_prompt = FORMATS[tool_format]
+        # Hermes runs the first max_parallel_calls calls of a turn; ReTool refuses a turn with more.
+        limit_kw = {"max_parallel_calls": max_parallel_calls} if tool_format == "hermes" else {"max_calls_per_turn": max_parallel_calls}
+        super().__init__(tasks, [tool], make_parser(**limit_kw), max_turns=max_turns, render_mode=render_mode)
         self.system_prompt = system_prompt or default_prompt
         self.format_reward = format_reward
         self.tool_call_reward = tool_call_reward

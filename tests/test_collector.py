@@ -195,3 +195,13 @@ def test_ids_seen_by_trainer_equal_ids_sampled_under_any_template(template):
     # the tool turn is the template's own wrapping, with mask 0
     wrapped = hf.tokenizer.decode(t.input_ids[t.turn_spans[0][1]:t.turn_spans[1][0]])
     assert "42" in wrapped and sum(t.loss_mask[t.turn_spans[0][1]:t.turn_spans[1][0]]) == 0
+
+
+def test_tool_latency_is_read_off_the_env_not_info(tiny):
+    # info must be deterministic (gymnasium's check_env): the wall-clock latency is an env attribute
+    collector = Collector(lambda: ScriptEnv(ScriptTool(sleep_s=0.05), max_turns=1), ForcedEngine(tiny, "<code>x</code>"), CollectorConfig())
+    t = collector.collect(TASKS[:1])[0]
+    collector.close()
+    turn = t.turns[0]
+    assert turn.tool_latency_s >= 0.05 and turn.calls == [{"name": "python", "arguments": {"code": "x"}}]
+    assert not {"tool_latency_s", "tool_outputs", "tool_calls"} & set(turn.info)

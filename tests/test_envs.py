@@ -1,6 +1,7 @@
 """The Gymnasium env API, the shipped PythonTool env against the real LocalSandbox, and the checker."""
 import subprocess
 import sys
+import time
 
 import gymnasium as gym
 import pytest
@@ -27,7 +28,8 @@ def test_full_episode_with_a_scripted_policy(sandbox):
     assert prompt[0]["role"] == "system" and "What is" in prompt[1]["content"]
     obs, reward, terminated, truncated, info = env.step(scripted_policy(prompt, ""))
     assert "<interpreter>" in obs and not terminated and reward == 0.0
-    assert info["tool_calls"][0]["name"] == "python" and info["tool_latency_s"] > 0
+    assert info["tool_calls"][0]["name"] == "python" and len(info["tool_outputs"]) == 1 and info["tool_outputs"][0] in obs
+    assert "tool_latency_s" not in info and env.unwrapped.last_tool_latency_s > 0  # wall clock stays out of info
     obs, reward, terminated, truncated, info = env.step(scripted_policy(prompt, obs))
     assert terminated and not truncated and reward == 1.0 and info["reward_components"] == {"correct": 1.0}
     env.close()
@@ -69,6 +71,50 @@ def test_max_turns_truncates_and_no_action_gets_feedback(sandbox):
     assert "no tool call or answer" in obs and info["n_invalid_calls"] == 1 and not (terminated or truncated)
     _, reward, terminated, truncated, info = env.step("still thinking")
     assert truncated and not terminated and reward == 0.0 and info["answer"] is None
+
+
+# Fuzzing found these four: quadratic scans over openers, RecursionError and ValueError out of json.loads.
+HOSTILE = {
+    "code-openers": "<code>" * 100_000,
+    "tool_call-openers": "<tool_call>" * 50_000,
+    "nested-arguments": '<tool_call>{"name": "python", "arguments": ' + "[" * 100_000 + "}</tool_call>",
+    "5000-digit-int": '<tool_call>{"name": "python", "arguments": {"code": ' + "1" * 5000 + "}}</tool_call>",
+}
+EXPECTED = {  # what the error observation says, per format
+    "retool": {"code-openers": "unclosed <code> tag"},
+    "hermes": {"tool_call-openers": "unclosed <tool_call> tag", "nested-arguments": "not valid JSON: nested too deeply",
+               "5000-digit-int": "not valid JSON: a number has too many digits"},
+}
+
+
+@pytest.mark.parametrize("tool_format", ["retool", "hermes"])
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_turns_become_error_observations_quickly(sandbox, tool_format, name):
+    env = PythonToolEnv(sandbox=sandbox, tool_format=tool_format, max_turns=5)
+    env.reset(seed=0)
+    start = time.perf_counter()
+    obs, reward, terminated, truncated, info = env.step(HOSTILE[name])
+    assert time.perf_counter() - start < 5.0  # a no-hang bound: these take milliseconds now
+    assert not (terminated or truncated) and reward == 0.0 and info["n_invalid_calls"] >= 1 and info["tool_calls"] == []
+    assert EXPECTED[tool_format].get(name, "no tool call or answer found") in obs
+    assert env.observation_space.contains(obs)
+    env.close()
+
+
+def test_a_megabyte_turn_of_openers_steps_quickly(sandbox):
+    env = PythonToolEnv(sandbox=sandbox)
+    env.reset(seed=0)
+    start = time.perf_counter()
+    obs, *_ = env.step("<code>" * ((1 << 20) // len("<code>")))
+    assert time.perf_counter() - start < 5.0 and "unclosed <code> tag" in obs
+
+
+def test_tool_output_is_clipped_to_the_observation_space(sandbox):
+    env = PythonToolEnv(sandbox=sandbox, max_output_chars=10**6)
+    env.reset(seed=0)
+    obs, *_ = env.step("<code>print('x' * 200_000)</code>")
+    assert len(obs) <= env.observation_space.max_length and env.observation_space.contains(obs)
+    assert "[output truncated]" in obs and obs.count("x") > 60_000
 
 
 def test_shipped_envs_pass_the_checker(sandbox):

@@ -17,10 +17,16 @@ class SamplingParams:
     """0 disables top-k."""
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
-    """Stop strings (tool-call closers and ``</answer>``); the stop string is kept in the output."""
+    """Stop strings (the tag formats' closers and ``</answer>``); the stop string is kept in the
+    output. Chat formats pass none: their turn ends at the EOS / end-of-turn token the model
+    samples, which engines keep in ``token_ids`` (the collector then does not append it again)."""
     n: int = 1
     """Samples per prompt."""
     seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    """Ids that end a sequence as EOS does (kept in the output, ``finish_reason`` "eos"), besides
+    the engine's own EOS ids: the collector passes the chat template's end-of-turn token
+    (``<|im_end|>``) for chat formats, so a model whose EOS is another token still ends its turn."""
 
 
 @dataclass

@@ -9,7 +9,9 @@ full vocabulary, before top-k / top-p truncation), and why each sequence stopped
 * Finished sequences are dropped from the batch (and the KV cache), so compute follows the
   live sequences only.
 * Stop strings are checked on the decoded last few tokens of each live sequence; the stop
-  string is kept in the output (its whole final token is kept).
+  string is kept in the output (its whole final token is kept). A sequence also ends at an EOS
+  id or one of ``SamplingParams.stop_token_ids`` (kept, ``finish_reason`` "eos"): chat formats
+  end a turn there, at the end-of-turn token the model samples.
 * On CPU, generation runs with ``num_threads`` torch threads (default 1): with the default
   OpenMP threads, any other load on the machine makes small-model decoding many times slower.
 """
@@ -255,7 +257,8 @@ class HFEngine:
         stops = tuple(s for s in sp.stop if s)
         window = self._stop_window(stops) if stops else 0
         cand = self._stop_candidates(stops, logits.shape[-1]).to(dev) if stops else None
-        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=dev) if self.eos_ids else None
+        eos_ids = self.eos_ids | set(getattr(sp, "stop_token_ids", ()) or ())
+        eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev) if eos_ids else None
 
         toks: list[list[int]] = [[] for _ in range(total)]
         lps: list[list[float]] = [[] for _ in range(total)]
