@@ -143,6 +143,8 @@ class OpenAIEngine:
         }
         if sp.top_k and not greedy:
             body["top_k"] = int(sp.top_k)
+        if sp.stop_token_ids:  # vLLM's extension (and agentrl serve engine's): the env's end-of-turn ids
+            body["stop_token_ids"] = list(sp.stop_token_ids)
         if seed is not None:
             body["seed"] = seed
         body.update(self.extra_body)

@@ -1,7 +1,7 @@
 """Serve a rollout engine over an OpenAI-compatible ``/v1/completions`` API (FastAPI).
 
 The subset vLLM's server offers for RL rollouts: token-id (or text) prompts, ``n``,
-``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``stop``, ``seed``, ``logprobs``,
+``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``stop``, ``stop_token_ids``, ``seed``, ``logprobs``,
 ``include_stop_str_in_output``, ``return_token_ids`` and ``return_tokens_as_token_ids``. Every
 answer is a real generation of the wrapped engine (HFEngine by default).
 
@@ -30,6 +30,7 @@ def make_app(engine: Any, model_name: str):
         top_p: float | None = 1.0
         top_k: int | None = None
         stop: str | list[str] | None = None
+        stop_token_ids: list[int] | None = None
         seed: int | None = None
         logprobs: int | None = None
         include_stop_str_in_output: bool = False
@@ -71,6 +72,7 @@ def make_app(engine: Any, model_name: str):
             top_k=max(0, req.top_k or 0),
             max_new_tokens=req.max_tokens,
             stop=stop,
+            stop_token_ids=tuple(req.stop_token_ids or ()),
             n=req.n,
             seed=req.seed,
         )

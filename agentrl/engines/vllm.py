@@ -119,7 +119,8 @@ class VLLMEngine:
             top_k=0 if greedy or not sp.top_k else int(sp.top_k),
             max_tokens=int(sp.max_new_tokens),
             stop=list(sp.stop) or None,
-            stop_token_ids=[] if self.ignore_eos else list(self.eos_ids),
+            # the env's end-of-turn ids (e.g. <|im_end|> for a base model whose EOS is <|endoftext|>)
+            stop_token_ids=[] if self.ignore_eos else list(dict.fromkeys([*self.eos_ids, *sp.stop_token_ids])),
             ignore_eos=self.ignore_eos,
             include_stop_str_in_output=True,
             skip_special_tokens=False,
