@@ -116,9 +116,15 @@ class SearchEnv(ToolEnv):
                  render_mode: str | None = None):
         tasks = load_tasks(dataset, limit, drop_heldout)
         self.retriever = make_retriever(retriever, index_dir, retriever_url, kind, cache_size)
+        self._owns_retriever = retriever is None  # built here (index or HTTP client): closed here
         tool = SearchTool(self.retriever, topk=topk)
         super().__init__(tasks, [tool], self.make_parser(max_calls_per_turn=max_calls_per_turn), max_turns, render_mode)
         self.template = prompt_template or self.template
+
+    def close(self) -> None:
+        super().close()
+        if self._owns_retriever and hasattr(self.retriever, "close"):
+            self.retriever.close()  # a RemoteRetriever's HTTP connection pool
 
     def build_prompt(self, task: dict) -> list[dict[str, str]]:
         question = task["question"].strip()
