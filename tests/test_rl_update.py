@@ -16,28 +16,12 @@ import pytest
 import torch
 
 from agentrl.batch import collate
-from agentrl.config import load_config
 from agentrl.engines.base import Completion
 from agentrl.logprobs import CausalLMParts, trained_token_stats
 from agentrl.model import cached_tiny_model
 from agentrl.policy_update import importance_weights, mismatch_keep
 from agentrl.trainer import GRPOTrainer, vllm_engine_kwargs
-
-
-def tiny_cfg(tmp_path, *overrides):
-    return load_config("configs/retool_tiny_cpu.yaml", [
-        f"model.path={cached_tiny_model()}", "model.init_if_missing=null", f"run.output_dir={tmp_path}",
-        "run.progress=false", "run.tensorboard=false", "rollout.tasks_per_step=2", "rollout.group_size=2",
-        "rollout.max_new_tokens_per_turn=12", "rollout.max_total_tokens=200", "env.kwargs.max_turns=2",
-        *overrides])
-
-
-def run(cfg, resume=False):
-    trainer = GRPOTrainer(cfg, resume=resume)
-    try:
-        return trainer.train(), trainer
-    finally:
-        trainer.close()
+from test_trainer import run, tiny_cfg  # the tiny-run config the trainer tests use
 
 
 class ScriptedPolicy:
