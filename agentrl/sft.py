@@ -79,7 +79,7 @@ def sft(cfg: SFTConfig) -> Path:
             raise ValueError(f"{cfg.data.path}: trace {i + 1}: {e}") from None
         ids, mask = ids[: cfg.data.max_tokens], mask[: cfg.data.max_tokens]
         examples.append(Trajectory(ids, mask, [0.0] * len(ids), 0, [], 0.0, {}, StopReason.ANSWER, False))
-    engine = TorchEngine(model, cfg.optim, cfg.run.steps)
+    engine = TorchEngine(model, cfg.optim, cfg.run.steps, autocast_bf16=cfg.model.dtype == "bfloat16")
     out = Path(cfg.run.output_dir)
     metrics = MetricsWriter(out, tensorboard=cfg.run.tensorboard)
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()

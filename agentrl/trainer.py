@@ -58,7 +58,7 @@ def load_policy(cfg: TrainConfig):
     if not path.exists():
         raise FileNotFoundError(f"model.path {path} does not exist (set model.init_if_missing: tiny to build one)")
     # engine: torch keeps float32 parameters (master weights) and computes in bf16 under autocast
-    dtype = torch.float32 if cfg.engine == "torch" else getattr(torch, cfg.model.dtype)
+    dtype = torch.float32 if getattr(cfg, "engine", "torch") == "torch" else getattr(torch, cfg.model.dtype)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
 
 
