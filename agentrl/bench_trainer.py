@@ -60,6 +60,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="run each framework this many times, alternating agentrl/TRL; the fastest run of each is "
                              "reported (all runs are in the JSON) -- use >1 on a shared, noisy machine")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
+                        help="activation checkpointing in both frameworks (on = TRL GRPOConfig's default; agentrl's "
+                             "optim.gradient_checkpointing defaults to off)")
     parser.add_argument("--out", default="bench_trainer.json", help="JSON results file")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess run")
 
@@ -82,7 +85,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
     base = dict(steps=args.steps, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
                 max_new_tokens=args.max_new_tokens, max_turns=args.max_turns, lr=args.lr, threads=args.threads,
-                seed=args.seed)
+                seed=args.seed, gradient_checkpointing=args.gradient_checkpointing == "on")
     results: list[dict] = []
     models = {"single": model}
     for variant in args.variants:
@@ -283,6 +286,7 @@ def worker_agentrl(spec: dict, workdir: str) -> dict:
                     "num_threads": spec["threads"]},
         "algorithm": {"kl_coef": 0.0, "epochs": 1, "minibatches": 1},
         "optim": {"lr": spec["lr"], "micro_batch_size": spec["prompts_per_step"] * spec["group_size"],
+                  "gradient_checkpointing": spec.get("gradient_checkpointing", True),
                   "schedule": "constant", "warmup_steps": 0, "grad_clip": 1.0},
         "guard": {"enabled": False},  # TRL has no collapse guard
     }
@@ -398,6 +402,7 @@ def worker_trl(spec: dict, workdir: str) -> dict:
         temperature=1.0, top_p=1.0, top_k=0, epsilon=0.2, epsilon_high=0.28, loss_type="dapo",
         scale_rewards="group", mask_truncated_completions=True, logging_steps=1, max_steps=spec["steps"],
         save_strategy="no", seed=spec["seed"], disable_tqdm=True, dataloader_num_workers=0, use_vllm=False,
+        gradient_checkpointing=spec.get("gradient_checkpointing", True),
     )
     if tool:
         config["max_tool_calling_iterations"] = spec["max_turns"] - 1

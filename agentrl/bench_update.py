@@ -7,7 +7,9 @@ the generated tokens), for two ways of getting the sampled tokens' log-probs and
 * ``full``: the model's ``[B, T, V]`` logits over every position, kept for backward (how the
   trainer worked before; what ``logits_to_keep``-less trainers do);
 * ``chunked``: :func:`agentrl.logprobs.trained_token_stats`: LM head only at trained positions,
-  in checkpointed chunks.
+  in checkpointed chunks;
+* ``chunked+gc``: the same with ``optim.gradient_checkpointing`` (decoder layers recomputed in
+  backward; TRL's GRPOConfig default).
 
 Each (model, variant) runs in a fresh subprocess, so peak RSS (``ru_maxrss``) is its own; the
 table reports the peak above the process's RSS after loading the model and building the batch
@@ -24,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("full", "chunked")
+VARIANTS = ("full", "chunked", "chunked+gc")
 
 
 def add_cli_args(parser) -> None:
@@ -59,6 +61,12 @@ def _worker(args, size: str, variant: str) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(cached_tiny_model(size), dtype=torch.float32).train()
+    if variant.endswith("+gc"):
+        from types import SimpleNamespace
+
+        from agentrl.train_engine import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model, SimpleNamespace(gradient_checkpointing=True))
     vocab = model.config.vocab_size
     T = args.prompt_tokens + args.turns * (args.turn_tokens + args.observation_tokens)
     ids = torch.randint(0, vocab, (args.batch, T))

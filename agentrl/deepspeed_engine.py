@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from agentrl.train_engine import lr_lambda, optimizer_steps
+from agentrl.train_engine import enable_gradient_checkpointing, lr_lambda, optimizer_steps
 
 log = logging.getLogger("agentrl.deepspeed")
 
@@ -157,6 +157,7 @@ class DeepSpeedEngine:
         if self.ds_cfg.bf16 and not torch.cuda.is_available():
             log.warning("deepspeed.bf16 on CPU: supported by DeepSpeed only partially; expect errors or slowness")
         self.rank, self.world_size, self.local_rank = init_distributed()
+        enable_gradient_checkpointing(model, cfg.optim)
         self.model = model
         o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]

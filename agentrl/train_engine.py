@@ -63,6 +63,17 @@ def optimizer_steps(cfg) -> int:
     return cfg.run.steps * cfg.algorithm.epochs * cfg.algorithm.minibatches
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module, optim_cfg) -> None:
+    """``optim.gradient_checkpointing``: HF's per-layer activation checkpointing (training mode
+    only, so rollouts on the shared module are unaffected)."""
+    if not getattr(optim_cfg, "gradient_checkpointing", False):
+        return
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -91,6 +102,7 @@ class TorchEngine:
         if any(p.dtype != torch.float32 for p in model.parameters() if p.requires_grad):
             raise ValueError("TorchEngine trains float32 parameters (its master weights); load the model in float32 "
                              "and set autocast_bf16 for bf16 compute")
+        enable_gradient_checkpointing(model, optim_cfg)
         self.model = model
         self.parts = CausalLMParts(model, autocast_bf16)
         self.cfg = optim_cfg

@@ -198,6 +198,28 @@ def test_gradient_does_not_depend_on_the_micro_batch_size(tmp_path, loss_agg):
     assert norms[0] > 0 and norms == pytest.approx([norms[0]] * 3, rel=1e-5)
 
 
+def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradient(tmp_path):
+    norms, saved = [], []
+    for on in (False, True):
+        cfg = tiny_cfg(tmp_path / str(on), f"optim.gradient_checkpointing={str(on).lower()}", "optim.micro_batch_size=4")
+        trainer = GRPOTrainer(cfg)
+        try:
+            trajs, batch = fixed_batch(trainer)
+            nbytes = [0]
+
+            def pack(t):  # every tensor autograd keeps for backward
+                nbytes[0] += t.numel() * t.element_size()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                norms.append(trainer.updater(batch, [len(trajs)], 0)["train/grad_norm"])
+            saved.append(nbytes[0])
+        finally:
+            trainer.close()
+    assert saved[1] < saved[0] / 3  # decoder-layer activations are recomputed, not kept
+    assert norms[1] == pytest.approx(norms[0], rel=1e-5)
+
+
 # -- 7. LR horizon ---------------------------------------------------------------------------
 
 
