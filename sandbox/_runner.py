@@ -5,8 +5,10 @@ Started once per worker by ``LocalSandbox`` (``python _runner.py``: enters names
 is the isolation). It pre-imports common modules, then serves length-prefixed JSON requests on
 its stdin/stdout:
 
-- ``{"op": "run", "code", "timeout_s", "memory_mb"}``: fork a child with a fresh globals dict,
-  run the code once, kill everything the child left behind.
+- ``{"op": "run", "code", "timeout_s", "memory_mb", "stdin"}``: fork a child with a fresh globals
+  dict, run the code once, kill everything the child left behind. ``stdin`` (a str, or None for
+  an empty stdin) becomes the child's fd 0 (a memfd, so ``input()``, ``sys.stdin.read()`` and
+  subprocesses all see it).
 - ``{"op": "session_run", ...}``: same, but the child stays alive between requests and keeps its
   globals; if it times out, runs out of memory or exits, it is killed and the next run starts
   from a fresh state with a note saying so.
@@ -23,6 +25,7 @@ import argparse
 import builtins
 import gc
 import ctypes
+import io
 import itertools
 import json
 import os
@@ -103,6 +106,7 @@ def child_main(cmd_fd: int, status_fd: int, max_procs: int) -> None:
         # per run (the wall clock in the zygote is the real guard).
         cpu = int(resource.getrusage(resource.RUSAGE_SELF).ru_utime + request["timeout_s"]) + 2
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, resource.RLIM_INFINITY if persistent else cpu))
+        _set_stdin(request.get("stdin"))
         status = _exec_snippet(request["code"], namespace)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -111,9 +115,32 @@ def child_main(cmd_fd: int, status_fd: int, max_procs: int) -> None:
     os._exit(0)
 
 
+def _set_stdin(data: str | None) -> None:
+    """Make ``data`` this process's fd 0 (or an empty stdin for None), and ``sys.stdin`` read it.
+
+    A fresh stdin per run: in a session, what one run left unread is not seen by the next."""
+    if data:
+        try:
+            fd = os.memfd_create("stdin", getattr(os, "MFD_CLOEXEC", 1))
+        except (AttributeError, OSError):  # no memfd (old kernel, seccomp): a file in the private cwd
+            fd = os.open(".stdin", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.unlink(".stdin")
+        buf = memoryview(data.encode("utf-8", "surrogatepass"))
+        while buf:
+            buf = buf[os.write(fd, buf):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    else:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    os.dup2(fd, 0)  # dup2 clears close-on-exec on fd 0: subprocesses inherit it
+    os.close(fd)
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8",
+                                 errors="replace", line_buffering=False)
+
+
 def _drop_privileges() -> None:
-    os.environ.clear()
-    os.environ.update(SAFE_ENV, HOME=os.getcwd(), TMPDIR=os.getcwd())
+    # The zygote's environment is exactly SAFE_ENV (reset in Zygote.serve): add the private dir only.
+    cwd = os.getcwd()
+    os.environ["HOME"] = os.environ["TMPDIR"] = cwd
     if os.getuid() == 0:
         os.setgroups([])
         os.setresgid(NOBODY, NOBODY, NOBODY)
@@ -129,8 +156,12 @@ def _limit(kind: int, value: int) -> None:
 
 
 def _current_vm_mb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    # os.open/os.read, not open(): the io stack would touch (and so copy) many of the zygote's pages.
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 256).split()[0]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    finally:
+        os.close(fd)
 
 
 def _reseed() -> None:
@@ -183,7 +214,7 @@ class Zygote:
         if persistent and self.session is None:
             self.session = self.take()
         child = self.session if persistent else self.take()
-        message = {"code": request["code"], "timeout_s": request["timeout_s"]}
+        message = {"code": request["code"], "timeout_s": request["timeout_s"], "stdin": request.get("stdin")}
         if not child["started"]:
             message.update(memory_mb=request["memory_mb"], persistent=persistent)
             child["started"] = True
@@ -312,10 +343,15 @@ class Zygote:
         for c in {id(c): c for c in dead}.values():
             for key in ("pidfd", "cmd", "status", "out", "err"):
                 os.close(c[key])
-            shutil.rmtree(c["workdir"], ignore_errors=True)
+            try:
+                os.rmdir(c["workdir"])  # the common case, and much cheaper than rmtree
+            except OSError:
+                shutil.rmtree(c["workdir"], ignore_errors=True)
         _reap(block=False)  # the dying processes exit on another core meanwhile
 
     def serve(self, proto_in: int, proto_out: int) -> None:
+        os.environ.clear()  # what children start from (they add HOME and TMPDIR): nothing a preload set
+        os.environ.update(SAFE_ENV)
         self.fill()
         gc.freeze()  # keep the collector from touching (and so copying) the zygote's objects in children
         write_frame(proto_out, {"ready": True})

@@ -18,8 +18,11 @@ processes (each is capped, not their sum: up to ``max_procs`` x ``memory_mb``), 
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,12 +30,31 @@ import threading
 import time
 import weakref
 
-from agentrl.sandbox._runner import SAFE_ENV, read_frame, wait_readable, write_frame
+from agentrl.sandbox._runner import _HEADER, DEFAULT_PRELOAD, SAFE_ENV, read_frame, wait_readable, write_frame
 from agentrl.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxSession
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner.py")
+MAX_STDIN_BYTES = 16 << 20  # below the children's RLIMIT_FSIZE (64 MiB), which the stdin memfd counts against
+SMALL_FRAME = 16384  # requests up to this size are written from the event loop (a pipe holds 64 KiB)
 GRACE_S = 3.0  # the worker enforces timeouts itself; the host waits this much longer before giving up
 STARTUP_TIMEOUT_S = 60.0
+
+
+STDLIB = frozenset(sys.stdlib_module_names)
+_IMPORTS = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+import\b|import[ \t]+([\w., \t]+))", re.M)
+_NOT_LIGHT = re.compile(r"\b(?:numpy|np|__import__|importlib)\b")
+
+
+def stdlib_only(code: str) -> bool:
+    """Whether ``code`` looks like it imports nothing outside the standard library (a guess
+    that picks the worker kind; it decides speed only, never what the code can do)."""
+    if _NOT_LIGHT.search(code):
+        return False
+    for m in _IMPORTS.finditer(code):
+        names = [m.group(1)] if m.group(1) else [n.split()[0] for n in m.group(2).split(",") if n.strip()]
+        if any(name.split(".")[0] not in STDLIB for name in names):
+            return False
+    return True
 
 
 class WorkerDied(Exception):
@@ -56,6 +78,36 @@ class _Worker:
         except OSError as e:
             raise WorkerDied(f"cannot write to the worker: {e}") from e
         reply = self._read(timeout_s)
+        if "error" in reply:
+            raise WorkerDied(reply["error"])
+        return reply
+
+    async def arequest(self, message: dict, timeout_s: float) -> dict:
+        """``request`` for asyncio callers: waits for the reply in the event loop, no thread."""
+        loop = asyncio.get_running_loop()
+        if not self.ready:
+            await loop.run_in_executor(None, self._expect_ready)
+        data = json.dumps(message).encode()
+        frame = _HEADER.pack(len(data)) + data
+        fd = self.proc.stdin.fileno()
+        try:
+            if len(frame) <= SMALL_FRAME:  # fits the empty pipe: the write cannot block
+                while frame:
+                    frame = frame[os.write(fd, frame):]
+            else:
+                await loop.run_in_executor(None, _write_all, fd, frame)
+        except OSError as e:
+            raise WorkerDied(f"cannot write to the worker: {e}") from e
+        out = self.proc.stdout.fileno()
+        readable = loop.create_future()
+        loop.add_reader(out, lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, timeout_s)
+        except asyncio.TimeoutError:
+            raise WorkerDied(f"no answer from the sandbox worker within {timeout_s:.1f}s") from None
+        finally:
+            loop.remove_reader(out)
+        reply = self._read(0)  # readable now; the zygote writes a frame in one go, the rest follows
         if "error" in reply:
             raise WorkerDied(reply["error"])
         return reply
@@ -89,6 +141,19 @@ class _Worker:
             f.close()
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+async def _arequest(worker, message: dict, timeout_s: float) -> dict:
+    """A request to any worker kind from asyncio: in the loop if it can, else in a thread."""
+    arequest = getattr(worker, "arequest", None)
+    if arequest is None:  # e.g. a Docker worker
+        return await asyncio.to_thread(worker.request, message, timeout_s)
+    return await arequest(message, timeout_s)
+
+
 def _kill_all(workers: list[_Worker]) -> None:
     for worker in list(workers):
         worker.kill()
@@ -96,39 +161,73 @@ def _kill_all(workers: list[_Worker]) -> None:
 
 
 class LocalSandbox(Sandbox):
+    """``workers`` pre-started workers for one-shot runs, with ``preload`` imported; and
+    ``light_workers`` (default: as many) with only its standard-library part, for one-shot code
+    whose imports are all standard library: forking the smaller interpreter costs about half
+    (numpy doubles the memory that each fork copies and each exit frees). Code that names
+    numpy, ``__import__`` or importlib, or imports anything else, goes to the full workers; a
+    wrong guess only costs time (the import), never a result. Sessions always get full workers."""
+
     def __init__(self, workers: int = 2, max_output_bytes: int = 65536, max_procs: int = 16,
                  tmpfs_mb: int = 256, preload: tuple[str, ...] | None = None, spare_sessions: int = 1,
-                 python: str = sys.executable, isolate: bool = True):
+                 python: str = sys.executable, isolate: bool = True, light_workers: int | None = None):
         if sys.platform != "linux":
             raise SandboxError("LocalSandbox needs Linux namespaces; use DockerSandbox or RemoteSandbox")
         self._argv = [os.path.realpath(python), RUNNER, f"--max-output={max_output_bytes}",
                       f"--max-procs={max_procs}", f"--tmpfs-mb={tmpfs_mb}"]
-        if preload is not None:
-            self._argv.append("--preload=" + ",".join(preload))
         if not isolate:
             self._argv.append("--no-isolate")
-        self._init_pool(workers, spare_sessions)
+        preload = DEFAULT_PRELOAD if preload is None else tuple(preload)
+        light = tuple(m for m in preload if m.split(".")[0] in STDLIB)
+        self._light_argv = self._argv + ["--preload=" + ",".join(light)]
+        self._argv.append("--preload=" + ",".join(preload))
+        if light_workers is None:
+            light_workers = workers if light != preload else 0  # nothing to gain if the preload is all stdlib
+        self._init_pool(workers, spare_sessions, light_workers)
 
-    def _init_pool(self, workers: int, spare_sessions: int) -> None:
+    def _init_pool(self, workers: int, spare_sessions: int, light_workers: int = 0) -> None:
+        self.full_workers, self.light_workers = workers, light_workers
+        self.workers = workers + light_workers  # how many one-shot runs execute at once
         self._all: list[_Worker] = []  # every live worker, for close() and the finalizer
         self._lock = threading.Lock()
-        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # LIFO: reuse the warm ones
+        # FIFO, not LIFO: a worker handed back has just replied and is still killing the child
+        # and forking the next one; the one idle longest is ready now.
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._idle_light: queue.Queue[_Worker] = queue.Queue()
         self._spares: list[_Worker] = []
         self._spare_target = spare_sessions
         self._closed = False
         for _ in range(workers):
             self._idle.put(self._start())
+        for _ in range(light_workers):
+            self._idle_light.put(self._start(light=True))
+        self._has_light = light_workers > 0
         self._refill_spares()
         self._finalizer = weakref.finalize(self, _kill_all, self._all)
 
     def _new_worker(self) -> _Worker:
         return _Worker(self._argv)
 
-    def _start(self) -> _Worker:
-        worker = self._new_worker()
+    def _new_light_worker(self) -> _Worker:
+        return _Worker(self._light_argv)
+
+    def _start(self, light: bool = False) -> _Worker:
+        worker = self._new_light_worker() if light else self._new_worker()
+        worker.light = light
         with self._lock:
             self._all.append(worker)
         return worker
+
+    def uses_light_worker(self, code: str) -> bool:
+        """Whether a one-shot run of ``code`` goes to a light worker (see the class doc)."""
+        return self._has_light and stdlib_only(code)
+
+    def _pool(self, code: str) -> queue.Queue:
+        return self._idle_light if self.uses_light_worker(code) else self._idle
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        self._retire(worker)
+        return self._start(light=getattr(worker, "light", False))
 
     def _retire(self, worker: _Worker) -> None:
         worker.kill()
@@ -145,19 +244,44 @@ class LocalSandbox(Sandbox):
             with self._lock:
                 self._spares.append(worker)
 
-    def run(self, code: str, timeout_s: float = 5.0, memory_mb: int = 512) -> ExecResult:
-        message = _message("run", code, timeout_s, memory_mb)
+    def run(self, code: str, timeout_s: float = 5.0, memory_mb: int = 512, stdin: str | None = None) -> ExecResult:
+        message = _message("run", code, timeout_s, memory_mb, stdin)
         if self._closed:
             raise SandboxError("the sandbox is closed")
-        worker = self._idle.get()
+        pool = self._pool(code)
+        worker = pool.get()
         try:
             return ExecResult(**worker.request(message, timeout_s + GRACE_S))
         except WorkerDied as e:
-            self._retire(worker)
-            worker = self._start()
+            worker = self._replace(worker)
             return _worker_error(e)
         finally:
-            self._idle.put(worker)
+            pool.put(worker)
+
+    async def arun(self, code: str, timeout_s: float = 5.0, memory_mb: int = 512,
+                   stdin: str | None = None) -> ExecResult:
+        """``run`` for asyncio callers (the HTTP server): no thread while the code runs."""
+        message = _message("run", code, timeout_s, memory_mb, stdin)
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        pool = self._pool(code)
+        try:
+            worker = pool.get_nowait()
+        except queue.Empty:
+            worker = await asyncio.to_thread(pool.get)
+        finished = False
+        try:
+            result = ExecResult(**await _arequest(worker, message, timeout_s + GRACE_S))
+            finished = True
+            return result
+        except WorkerDied as e:
+            worker = self._replace(worker)
+            finished = True
+            return _worker_error(e)
+        finally:
+            if not finished:  # cancelled or failed mid-request: its late reply must not reach the next caller
+                worker = self._replace(worker)
+            pool.put(worker)
 
     def open_session(self, memory_mb: int = 512) -> "LocalSession":
         if self._closed:
@@ -185,8 +309,8 @@ class LocalSession(SandboxSession):
         self._memory_mb = memory_mb
         self._lock = threading.Lock()
 
-    def run(self, code: str, timeout_s: float = 5.0) -> ExecResult:
-        message = _message("session_run", code, timeout_s, self._memory_mb)
+    def run(self, code: str, timeout_s: float = 5.0, stdin: str | None = None) -> ExecResult:
+        message = _message("session_run", code, timeout_s, self._memory_mb, stdin)
         with self._lock:
             if self._worker is None:
                 raise SandboxError("the session is closed")
@@ -197,6 +321,31 @@ class LocalSession(SandboxSession):
                 self._worker = self._sandbox._start()
                 return _worker_error(e, note="\n[the interpreter state was reset]")
 
+    async def arun(self, code: str, timeout_s: float = 5.0, stdin: str | None = None) -> ExecResult:
+        """``run`` for asyncio callers: no thread while the code runs (one run at a time per session)."""
+        message = _message("session_run", code, timeout_s, self._memory_mb, stdin)
+        if not self._lock.acquire(blocking=False):  # another run of this session is under way: wait in a thread
+            return await asyncio.to_thread(self.run, code, timeout_s, stdin)
+        try:
+            if self._worker is None:
+                raise SandboxError("the session is closed")
+            finished = False
+            try:
+                result = ExecResult(**await _arequest(self._worker, message, timeout_s + GRACE_S))
+                finished = True
+                return result
+            except WorkerDied as e:
+                finished = True
+                self._sandbox._retire(self._worker)
+                self._worker = self._sandbox._start()
+                return _worker_error(e, note="\n[the interpreter state was reset]")
+            finally:
+                if not finished:  # cancelled mid-request: the worker's state is unknown, start over
+                    self._sandbox._retire(self._worker)
+                    self._worker = self._sandbox._start()
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         with self._lock:
             if self._worker is not None:
@@ -204,16 +353,21 @@ class LocalSession(SandboxSession):
                 self._worker = None
 
 
-def _message(op: str, code: str, timeout_s: float, memory_mb: int) -> dict:
+def _message(op: str, code: str, timeout_s: float, memory_mb: int, stdin: str | None = None) -> dict:
     if not isinstance(code, str):
         raise TypeError(f"code must be a str, not {type(code).__name__}")
+    if stdin is not None and not isinstance(stdin, str):
+        raise TypeError(f"stdin must be a str or None, not {type(stdin).__name__}")
+    if stdin is not None and len(stdin) > MAX_STDIN_BYTES // 4 \
+            and len(stdin.encode("utf-8", "surrogatepass")) > MAX_STDIN_BYTES:
+        raise ValueError(f"stdin is larger than {MAX_STDIN_BYTES >> 20} MiB")
     if not (0 < float(timeout_s) <= 3600):
         raise ValueError(f"timeout_s must be in (0, 3600], got {timeout_s}")
     if not (16 <= int(memory_mb) <= 1 << 20):
         raise ValueError(f"memory_mb must be in [16, 1048576], got {memory_mb}")
-    return {"op": op, "code": code, "timeout_s": float(timeout_s), "memory_mb": int(memory_mb)}
+    return {"op": op, "code": code, "timeout_s": float(timeout_s), "memory_mb": int(memory_mb), "stdin": stdin}
 
 
 def _worker_error(error: Exception, note: str = "") -> ExecResult:
     return ExecResult(stdout="", stderr=f"SandboxError: {error}; the worker was restarted{note}",
-                      exit_code=-1, timed_out=False, oom=False, duration_s=0.0, truncated=False)
+                      exit_code=-1, timed_out=False, oom=False, duration_s=0.0, truncated=False, sandbox_error=True)

@@ -215,3 +215,66 @@ def test_works_with_descriptors_above_1024():
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.timeout(30)
+def test_stdin(sandbox):
+    code = "a, b = map(int, input().split())\nimport sys\nprint(a + b, repr(sys.stdin.read()))"
+    assert sandbox.run(code, stdin="3 4\nrest\n").stdout == "7 'rest\\n'\n"
+    assert sandbox.run("import sys; print(repr(sys.stdin.read()))").stdout == "''\n"  # None: empty stdin
+    assert "EOFError" in sandbox.run("input()").stderr
+    # fd 0 itself, so subprocesses and os.read see it too
+    assert sandbox.run("import os; print(os.read(0, 100))", stdin="raw é").stdout == "b'raw \\xc3\\xa9'\n"
+    result = sandbox.run("import subprocess; print(subprocess.run(['cat'], capture_output=True, text=True).stdout)",
+                         stdin="through cat")
+    assert result.stdout == "through cat\n"
+    big = "x" * (3 << 20)
+    assert sandbox.run("import sys; print(len(sys.stdin.read()))", stdin=big).stdout == f"{len(big)}\n"
+    with pytest.raises(TypeError):
+        sandbox.run("print(1)", stdin=b"bytes")
+
+
+@pytest.mark.timeout(30)
+def test_session_stdin_is_fresh_per_run(sandbox):
+    with sandbox.open_session() as session:
+        session.run("first = input()", stdin="one\nleft over\n")
+        assert session.run("print(first, repr(input()))", stdin="two").stdout == "one 'two'\n"
+        assert session.run("import sys; print(repr(sys.stdin.read()))").stdout == "''\n"
+
+
+@pytest.mark.timeout(60)
+def test_arun_from_asyncio(sandbox):
+    import asyncio
+
+    async def main():
+        runs = [sandbox.arun(f"print({i} * int(input()))", stdin="3") for i in range(12)]
+        with sandbox.open_session() as session:
+            await session.arun("x = 5")
+            together = await asyncio.gather(*runs, session.arun("print(x + 1)"), session.arun("print(x + 2)"))
+            timed_out = await sandbox.arun("while True: pass", timeout_s=0.3)
+        return together, timed_out
+
+    together, timed_out = asyncio.run(main())
+    assert [r.stdout for r in together[:12]] == [f"{3 * i}\n" for i in range(12)]
+    assert {r.stdout for r in together[12:]} == {"6\n", "7\n"}
+    assert timed_out.timed_out and not timed_out.sandbox_error
+    assert sandbox.run("print('still fine')").stdout == "still fine\n"
+
+
+@pytest.mark.timeout(30)
+def test_arun_cancelled_mid_run_does_not_leak_its_reply():
+    import asyncio
+
+    sb = make_sandbox("local", workers=1, spare_sessions=0)
+    try:
+        async def main():
+            task = asyncio.ensure_future(sb.arun("import time; time.sleep(0.5); print('late')"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return await sb.arun("print('next')")
+
+        assert asyncio.run(main()).stdout == "next\n"
+    finally:
+        sb.close()
