@@ -62,7 +62,9 @@ class PythonToolEnv(ToolEnv):
         if self._owns_sandbox:
             from agentrl.sandbox import make_sandbox
 
-            sandbox = make_sandbox(sandbox)
+            # an episode only runs code in its own session: no one-shot worker pool per env (a
+            # trainer holds one env per episode of a step: 64 envs x a pool was gigabytes)
+            sandbox = make_sandbox(sandbox, **({"workers": 0, "light_workers": 0} if sandbox == "local" else {}))
         self.sandbox = sandbox
         tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
         if not tool_enabled:  # the no-tool control: calls are answered, nothing runs, no sandbox starts

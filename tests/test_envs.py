@@ -162,3 +162,17 @@ def test_demo_command_runs_an_episode():
     out = subprocess.run([sys.executable, "-m", "agentrl.cli", "demo"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "<interpreter>" in out.stdout and "reward" in out.stdout
+
+
+def test_an_env_that_makes_its_own_sandbox_starts_only_session_workers():
+    # a trainer holds one env per episode of a step (64 in the CPU learning run): each with a pool
+    # of one-shot workers it never uses was gigabytes of idle processes
+    env = gym.make("agentrl/PythonTool-v0", max_turns=2)
+    try:
+        sandbox = env.unwrapped.sandbox
+        assert sandbox.workers == 0 and len(sandbox._all) == 1  # the spare session worker alone
+        env.reset(seed=0)
+        obs, *_ = env.step("<code>\n```python\nprint(6 * 7)\n```\n</code>")
+        assert "42" in obs
+    finally:
+        env.close()
