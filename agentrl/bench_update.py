@@ -36,6 +36,9 @@ def add_cli_args(parser) -> None:
     parser.add_argument("--turns", type=int, default=3, help="generated turns, each followed by an observation")
     parser.add_argument("--turn-tokens", type=int, default=64, help="generated tokens per turn (loss mask 1)")
     parser.add_argument("--observation-tokens", type=int, default=64, help="tool-output tokens per turn (loss mask 0)")
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="resize the model's vocabulary (random new rows) to this size, e.g. 151936 as Qwen's: "
+                             "where full logits run out of memory")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/update.json")
@@ -67,6 +70,8 @@ def _worker(args, size: str, variant: str) -> dict:
         from agentrl.train_engine import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model, SimpleNamespace(gradient_checkpointing=True))
+    if args.vocab:
+        model.resize_token_embeddings(args.vocab)
     vocab = model.config.vocab_size
     T = args.prompt_tokens + args.turns * (args.turn_tokens + args.observation_tokens)
     ids = torch.randint(0, vocab, (args.batch, T))
@@ -116,6 +121,8 @@ def cli_main(args) -> int:
                    "--batch", str(args.batch), "--prompt-tokens", str(args.prompt_tokens), "--turns", str(args.turns),
                    "--turn-tokens", str(args.turn_tokens), "--observation-tokens", str(args.observation_tokens),
                    "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            if args.vocab:
+                cmd += ["--vocab", str(args.vocab)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"agentrl bench update: worker {size}/{variant} failed:\n{proc.stderr[-3000:]}")
