@@ -129,8 +129,9 @@ def _set_stdin(data: str | None) -> None:
         while buf:
             buf = buf[os.write(fd, buf):]
         os.lseek(fd, 0, os.SEEK_SET)
-    else:
-        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    else:  # an empty pipe (reads give EOF): /dev/null is not openable in every container
+        fd, write_end = os.pipe()
+        os.close(write_end)
     os.dup2(fd, 0)  # dup2 clears close-on-exec on fd 0: subprocesses inherit it
     os.close(fd)
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8",
