@@ -30,6 +30,13 @@ def test_run(sandbox):
 
 
 @pytest.mark.timeout(60)
+def test_stdin_and_empty_stdin(sandbox):
+    assert sandbox.run("print(input()[::-1])", stdin="abc\n").stdout == "cba\n"
+    result = sandbox.run("import sys\nprint(repr(sys.stdin.read()))")  # no stdin: EOF at once
+    assert (result.stdout, result.exit_code) == ("''\n", 0)
+
+
+@pytest.mark.timeout(60)
 def test_timeout_then_still_works(sandbox):
     assert sandbox.run("while True: pass", timeout_s=0.5).timed_out
     assert sandbox.run("print('alive')").stdout == "alive\n"
