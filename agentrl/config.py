@@ -222,14 +222,19 @@ def parse_config(tree: dict, overrides: list[str] = (), schema: type[BaseModel] 
         raise ConfigError(_format_error(e)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = (), schema: type[BaseModel] = TrainConfig):
+def read_yaml_mapping(path: str | Path, kind: str = "config file") -> dict:
+    """The YAML mapping in ``path``; a missing file, bad YAML or a non-mapping is a ConfigError."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"{kind} not found: {p}")
     try:
         tree = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections")
-    return parse_config(tree, overrides, schema)
+    return tree
+
+
+def load_config(path: str | Path, overrides: list[str] = (), schema: type[BaseModel] = TrainConfig):
+    return parse_config(read_yaml_mapping(path), overrides, schema)

@@ -11,7 +11,6 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -165,17 +164,10 @@ def load_eval_config(path: str | Path, overrides: list[str] = (), fast: bool = F
                      suite_only: bool = False) -> EvalRunConfig | EvalSuite:
     """Read an eval config; ``fast`` applies its ``fast:`` overrides, then ``key=value`` ``overrides``.
     ``suite_only``: just the suite (the trainer brings its own model and engine)."""
-    from agentrl.config import ConfigError, parse_config  # here: agentrl.config may import this module
+    from agentrl.config import ConfigError, parse_config, read_yaml_mapping  # here: agentrl.config imports this module
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"eval config not found: {p}")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
+    tree = read_yaml_mapping(p, kind="eval config")
     if fast:
         changes = tree.get("fast")
         if not isinstance(changes, dict) or not changes:
