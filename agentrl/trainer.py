@@ -160,7 +160,6 @@ class GRPOTrainer:
                     record.update(self._evaluate())
                 history.append(record)
                 self.metrics.write(record, self.step)
-                self._save_trajectories()
                 bar.update(self.step, record)
                 if record.get("guard/restored"):
                     continue
@@ -183,7 +182,6 @@ class GRPOTrainer:
         batch_stats = self._batch_metrics(trajs, rewards, batch)
         update = self.updater(batch, counts, self.step) if sum(counts) else {"train/skipped": 1.0}
         t_train = time.perf_counter()
-        self._last_trajs = trajs
         record = {**self._rollout_metrics(trajs), **batch_stats, **sampling, **update, "train/lr": self.engine.lr}
         record.update({"time/rollout_s": t_rollout - t0, "time/generation_s": self.collector.timing.get("generation_s", 0.0),
                        "time/tools_s": self.collector.timing.get("tools_s", 0.0), "time/reference_s": t_ref - t_rollout,
@@ -198,6 +196,7 @@ class GRPOTrainer:
             self._recover(record)
         elif self._push_weights:
             self.rollout.update_weights(self.engine.policy_state_dict())
+        self._save_trajectories(trajs)
         return record
 
     # -- data parallel helpers --------------------------------------------------------------
@@ -348,13 +347,13 @@ class GRPOTrainer:
             e = e.model_copy(update={"out_dir": str(self.out / "eval")})
         return periodic_eval(e, self.rollout, self.step)
 
-    def _save_trajectories(self) -> None:
+    def _save_trajectories(self, trajs: list[Trajectory]) -> None:
         """A few of the step's trajectories, appended to trajectories.jsonl (for reports)."""
         n = self.cfg.run.save_trajectories
-        if not n or not self.engine.is_main or not getattr(self, "_last_trajs", None):
+        if not n or not self.engine.is_main or not trajs:
             return
         with open(self.out / "trajectories.jsonl", "a", encoding="utf-8") as f:
-            for t in self._last_trajs[:n]:
+            for t in trajs[:n]:
                 f.write(json.dumps({"step": self.step, **t.to_dict()}) + "\n")
 
     # -- collapse guard ---------------------------------------------------------------------
