@@ -18,6 +18,7 @@ from collections.abc import Sequence as _SequenceABC
 from typing import Any, Sequence
 
 import gymnasium as gym
+import jsonschema
 from gymnasium.vector.utils import create_shared_memory, read_from_shared_memory, write_to_shared_memory
 
 from agentrl.parsers import ToolCallParser
@@ -128,6 +129,19 @@ def _write_text_to_shared_memory(space: TextSpace, index: int, value: Any, share
     view[base + _SLOT_HEADER : base + _SLOT_HEADER + len(data)] = data
 
 
+def _schema_validator(tool: Tool):
+    """A jsonschema validator for the tool's ``parameters`` (None when the tool declares none)."""
+    schema = getattr(tool, "parameters", None)
+    if not schema:
+        return None
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as e:
+        raise ValueError(f"tool {tool.name!r} has an invalid parameters schema: {e.message}") from None
+    return cls(schema)
+
+
 def clip_text(text: str, limit: int, marker: str = "\n...[truncated]...\n") -> str:
     """``text`` cut to at most ``limit`` characters around ``marker`` (head and tail kept)."""
     if len(text) <= limit:
@@ -146,7 +160,9 @@ class ToolEnv(gym.Env):
 
     ``info`` is a function of the seed and the actions (gymnasium's ``check_env`` checks this):
     it carries the parsed calls, their outputs (``tool_outputs``, one per call then one per
-    error), invalid-call counts and reward components. The wall-clock time the last step spent
+    error), invalid-call counts and reward components. A call's arguments are checked against
+    the tool's ``parameters`` JSON schema (jsonschema) before it runs: a mismatch, like an
+    unknown tool, is an error observation naming the problem and counts in ``n_invalid_calls``. The wall-clock time the last step spent
     in tools is ``last_tool_latency_s``, an attribute, not part of ``info``.
     """
 
@@ -167,6 +183,8 @@ class ToolEnv(gym.Env):
             raise ValueError(f"{type(self).__name__} needs at least one task")
         self.tasks = list(tasks)
         self.tools = {t.name: t for t in tools}
+        # one validator per tool, built (and its schema checked) once: a bad schema fails here, not mid-episode
+        self._validators = {name: _schema_validator(t) for name, t in self.tools.items()}
         self.parser = parser
         self.max_turns = max_turns
         self.render_mode = render_mode
@@ -277,11 +295,29 @@ class ToolEnv(gym.Env):
             info["n_invalid_calls"] += 1
             shown = name if len(name) <= 64 else name[:64] + "..."
             return f"Error: unknown tool {shown!r}; available: {', '.join(sorted(self.tools))}"
+        problem = self._argument_problem(name, tool, arguments)
+        if problem is not None:
+            info["n_invalid_calls"] += 1
+            return f"Error: arguments for {name!r} do not match its schema: {problem}"
         try:
             return tool.call(arguments)
         except Exception as e:  # a tool's failure is something the model reads, not a crash
             info["n_tool_errors"] = info.get("n_tool_errors", 0) + 1
             return f"Error: {type(e).__name__}: {e}"
+
+    def _argument_problem(self, name: str, tool: Tool, arguments: dict) -> str | None:
+        """What is wrong with ``arguments`` under the tool's ``parameters`` JSON schema (None: nothing)."""
+        if name not in self._validators:  # a tool added after __init__
+            self._validators[name] = _schema_validator(tool)
+        validator = self._validators[name]
+        if validator is None:
+            return None
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path)
+        message = error.message if len(error.message) <= 200 else error.message[:200] + "..."  # it quotes the value
+        return f"{message} (at {where})" if where else message
 
     def no_action_feedback(self) -> str:
         closers = " or ".join(getattr(self.parser, "closers", None) or self.parser.stop_strings)
