@@ -11,6 +11,7 @@ blocks, accumulated over the whole episode. No answer, no reward.
 
 The retriever comes from ``retriever=`` (any object with ``search(queries, k)``), ``index_dir=``
 (loaded in-process) or ``retriever_url=`` (a ``agentrl serve retrieval`` or Search-R1 server).
+``retrieval_enabled=False`` is the control: searches are parsed and answered with "No results found."
 """
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ AUTOREFINE_TEMPLATE = (
     "Once you have sufficient information, provide a concise final answer using <answer> and </answer>. "
     "For example, <answer> Donald Trump </answer>. Question: {question}\n"
 )
+# The same instructions in a few words, for small models on CPU (the CPU learning runs): the
+# papers' prompts are ~180 / ~230 tokens of the tiny model's tokenizer, most of each sequence.
+SEARCH_R1_SHORT_TEMPLATE = (
+    "Answer the question. Search with <search> query </search>; results come in <information> </information>. "
+    "Answer with <answer> answer </answer>. Question: {question}\n"
+)
+AUTOREFINE_SHORT_TEMPLATE = (
+    "Answer the question. Search with <search> query </search>; documents come in <documents> </documents>. "
+    "Refine them in <refine> </refine>. Answer with <answer> answer </answer>. Question: {question}\n"
+)
+PROMPTS = {"search_r1": SEARCH_R1_TEMPLATE, "autorefine": AUTOREFINE_TEMPLATE,
+           "search_r1_short": SEARCH_R1_SHORT_TEMPLATE, "autorefine_short": AUTOREFINE_SHORT_TEMPLATE}
 MAX_QUERY_CHARS = 1000
 
 
@@ -66,6 +79,13 @@ class SearchTool:
             return "Error: the search tool needs a non-empty string 'query'."
         passages = self.retriever.search([query.strip()[: self.max_query_chars]], self.topk)[0]
         return format_passages(passages).rstrip("\n") if passages else "No results found."
+
+
+class EmptyRetriever:
+    """Finds nothing: the control in which searching cannot help."""
+
+    def search(self, queries: list[str], k: int) -> list[list]:
+        return [[] for _ in queries]
 
 
 def make_retriever(retriever: Retriever | None = None, index_dir: str | None = None, retriever_url: str | None = None,
@@ -113,13 +133,19 @@ class SearchEnv(ToolEnv):
                  index_dir: str | None = None, retriever_url: str | None = None, topk: int = 3, max_turns: int = 4,
                  max_calls_per_turn: int = 4, limit: int | None = None, drop_heldout: bool = False,
                  kind: str | None = None, cache_size: int = 10_000, prompt_template: str | None = None,
-                 render_mode: str | None = None):
+                 render_mode: str | None = None, retrieval_enabled: bool = True):
         tasks = load_tasks(dataset, limit, drop_heldout)
-        self.retriever = make_retriever(retriever, index_dir, retriever_url, kind, cache_size)
+        if retrieval_enabled:
+            self.retriever = make_retriever(retriever, index_dir, retriever_url, kind, cache_size)
+        else:  # the no-retrieval control: the model can search, every search finds nothing
+            self.retriever = EmptyRetriever()
         self._owns_retriever = retriever is None  # built here (index or HTTP client): closed here
         tool = SearchTool(self.retriever, topk=topk)
         super().__init__(tasks, [tool], self.make_parser(max_calls_per_turn=max_calls_per_turn), max_turns, render_mode)
-        self.template = prompt_template or self.template
+        if prompt_template and "{question}" not in prompt_template and prompt_template not in PROMPTS:
+            raise ValueError(f"prompt_template must name one of {sorted(PROMPTS)} or be a format string with "
+                             f"{{question}}, got {prompt_template[:80]!r}")
+        self.template = PROMPTS.get(prompt_template, prompt_template) if prompt_template else self.template
 
     def close(self) -> None:
         super().close()

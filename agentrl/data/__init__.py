@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -48,7 +49,10 @@ def load_jsonl(path: str | Path, limit: int | None = None, require: tuple[str, .
 def write_jsonl(path: str | Path, rows) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "wt", encoding="utf-8") as f:
+    if p.suffix == ".gz":  # mtime 0: the same rows give the same bytes (generated data files diff cleanly)
+        f = io.TextIOWrapper(gzip.GzipFile(p, "wb", mtime=0), encoding="utf-8")
+    else:
+        f = open(p, "w", encoding="utf-8")
+    with f:
         for row in rows:
             f.write(json.dumps(row) + "\n")

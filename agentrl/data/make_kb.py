@@ -13,8 +13,9 @@ what it finds: the search-side counterpart of ``mul2``.
   founder of Y born?": search Y, read its founder, search the founder). Train and test are
   split by entity: no test question names an entity (or a founder) that a train question names.
 * ``kb_search_sft.jsonl.gz`` / ``kb_autorefine_sft.jsonl.gz``: warm-start traces (on train-split
-  questions that are not in ``kb_train.jsonl``) in the exact
-  formats of ``agentrl/Search-v0`` and ``agentrl/AutoRefine-v0``, half of them searching
+  questions that are not in ``kb_train.jsonl``) in the exact formats of ``agentrl/Search-v0``
+  and ``agentrl/AutoRefine-v0`` with their short prompts (``prompt_template: search_r1_short`` /
+  ``autorefine_short``, as the CPU runs' configs set), half of them searching
   (with the passages the shipped BM25 index really returns) and half answering at once.
 * ``kb_tooluse_train.jsonl`` / ``kb_tooluse_test_{lookup,arithmetic,both}.jsonl``: ``agentrl/ToolUse-v0`` tasks of three
   kinds over the same entities: ``lookup`` (one-hop), ``arithmetic`` (2-digit multiplication)
@@ -155,19 +156,22 @@ def tooluse_rows(kb: dict, qa: list[dict], split: str, n: int, seed: int) -> lis
     return rows
 
 
-def search_traces(rows: list[dict], retriever, kb: dict, style: str, search_fraction: float, seed: int) -> list[dict]:
-    """Warm-start traces in the env's exact format (``style``: ``search`` or ``autorefine``).
+def search_traces(rows: list[dict], retriever, kb: dict, style: str, prompt: str, search_fraction: float,
+                  seed: int) -> list[dict]:
+    """Warm-start traces in the env's exact format (``style``: ``search`` or ``autorefine``;
+    ``prompt``: a name in ``agentrl.envs.search.PROMPTS``, the env's ``prompt_template``).
 
     A ``search_fraction`` of them search (the entity, then for two-hop questions the bridge
     entity read from the first result) and copy the answer from what came back; the rest answer
     at once, correctly, which a tiny model cannot reproduce for unseen entities: at rollout time
     that style mostly fails, and GRPO has to find that searching pays.
     """
-    from agentrl.envs.search import AUTOREFINE_TEMPLATE, SEARCH_R1_TEMPLATE
+    from agentrl.envs.search import PROMPTS
     from agentrl.parsers import autorefine_parser, search_r1_parser
     from agentrl.retrieval.base import format_passages
 
-    template, parser = (SEARCH_R1_TEMPLATE, search_r1_parser()) if style == "search" else (AUTOREFINE_TEMPLATE, autorefine_parser())
+    template = PROMPTS[prompt]
+    parser = search_r1_parser() if style == "search" else autorefine_parser()
     facts = {p["name"]: f"{p['name']} was born in {p['city']} in {p['year']}." for p in kb["people"]}
     facts |= {o["name"]: f"The {o['name']} was founded by {o['founder']} in {o['year']}." for o in kb["orgs"]}
     rng = random.Random(seed)
@@ -203,7 +207,7 @@ def main(out_dir: Path | None = None, seed: int = 0) -> None:
     test_orgs, test_people = split_entities(kb, seed + 1)
     qa = questions(kb, test_orgs, test_people)
     train = number_rows(random.Random(seed + 2).sample(qa["train"], len(qa["train"])), "kb-train")
-    test = number_rows(qa["test"], "kb-test")
+    test = [{**row, "heldout": True} for row in number_rows(qa["test"], "kb-test")]  # evaluation only
     # the warm start and GRPO see different questions: answers the SFT traces state at once are
     # never reward for answering without a search in GRPO
     sft_rows, train = train[: len(train) // 2], train[len(train) // 2:]
@@ -211,8 +215,8 @@ def main(out_dir: Path | None = None, seed: int = 0) -> None:
     write_jsonl(here / "kb_test_1hop.jsonl", [r for r in test if r["hops"] == 1])
     write_jsonl(here / "kb_test_2hop.jsonl", [r for r in test if r["hops"] == 2])
     retriever = BM25Retriever([Passage.from_document(r) for r in corpus])
-    write_jsonl(here / "kb_search_sft.jsonl.gz", search_traces(sft_rows, retriever, kb, "search", 0.5, seed + 3))
-    write_jsonl(here / "kb_autorefine_sft.jsonl.gz", search_traces(sft_rows, retriever, kb, "autorefine", 0.5, seed + 4))
+    write_jsonl(here / "kb_search_sft.jsonl.gz", search_traces(sft_rows, retriever, kb, "search", "search_r1_short", 0.5, seed + 3))
+    write_jsonl(here / "kb_autorefine_sft.jsonl.gz", search_traces(sft_rows, retriever, kb, "autorefine", "autorefine_short", 0.5, seed + 4))
     write_jsonl(here / "kb_tooluse_train.jsonl", tooluse_rows(kb, train, "train", 1500, seed + 5))
     tooluse_test = tooluse_rows(kb, test, "test", 150, seed + 6)
     for kind in ("lookup", "arithmetic", "both"):  # one file a kind: eval reports each apart

@@ -94,7 +94,9 @@ def build_index(corpus: str | Path, out: str | Path, kind: str = "bm25", limit: 
     """Build the index and return its manifest."""
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {KINDS}")
-    corpus, out = Path(corpus), Path(out)
+    from agentrl.data import resolve_path
+
+    corpus, out = resolve_path(corpus), Path(out)  # package:NAME is a corpus shipped in agentrl.data
     if not corpus.is_file():
         raise FileNotFoundError(f"corpus not found: {corpus}")
     out.mkdir(parents=True, exist_ok=True)
