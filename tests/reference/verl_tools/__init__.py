@@ -1,0 +1,1 @@
+"""verl's tool base class, schemas and its gsm8k demo tool (copies; see each file's header)."""
