@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("demo",): ("agentrl.demo", "run one PythonTool episode with a scripted policy and print it"),
     ("envs", "list"): ("agentrl.registry", "list registered environments"),
+    ("envs", "check"): ("agentrl.envs_check", "run the env checkers on a registered environment and print what to fix"),
     ("model", "init"): ("agentrl.model", "build a tiny tokenizer + causal LM locally"),
     ("rollout",): ("agentrl.rollout_cli", "collect trajectories with a model and save them as JSONL"),
     ("rollouts", "show"): ("agentrl.rollout_cli:show", "pretty-print a saved trajectory with its loss mask"),

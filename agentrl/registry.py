@@ -18,6 +18,8 @@ import gymnasium as gym
 log = logging.getLogger(__name__)
 NAMESPACE = "agentrl"
 _loaded = False
+plugin_env_ids: set[str] = set()
+"""Ids registered by ``agentrl.envs`` entry points (listed beside the ``agentrl/`` namespace)."""
 
 
 def load_env_plugins() -> None:
@@ -30,14 +32,19 @@ def load_env_plugins() -> None:
     if os.environ.get("AGENTRL_NO_PLUGINS"):
         return
     for ep in importlib.metadata.entry_points(group="agentrl.envs"):
+        before = set(gym.registry)
         try:
             ep.load()()
         except Exception as e:  # a broken plugin must not break agentrl
             log.warning("agentrl.envs plugin %r failed to load: %s", ep.name, e)
+        # a plugin registers under its own namespace (mypkg/MyEnv-v0): remember what it added
+        plugin_env_ids.update(set(gym.registry) - before)
+
 
 
 def registered_env_ids(all_namespaces: bool = False) -> list[str]:
-    return sorted(k for k, spec in gym.registry.items() if all_namespaces or spec.namespace == NAMESPACE or k.startswith(NAMESPACE + "/"))
+    return sorted(k for k, spec in gym.registry.items()
+                  if all_namespaces or spec.namespace == NAMESPACE or k.startswith(NAMESPACE + "/") or k in plugin_env_ids)
 
 
 def add_cli_args(parser) -> None:
