@@ -5,6 +5,7 @@ SHIPPED = {
     "agentrl/PythonTool-v0": "agentrl.envs.python_tool:PythonToolEnv",
     "agentrl/Search-v0": "agentrl.envs.search:SearchEnv",
     "agentrl/AutoRefine-v0": "agentrl.envs.search:AutoRefineEnv",
+    "agentrl/ToolUse-v0": "agentrl.envs.tool_use:ToolUseEnv",
 }
 
 
