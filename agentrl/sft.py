@@ -1,6 +1,6 @@
 """``agentrl sft CONFIG.yaml``: supervised warm start on tool-use traces (ReTool's cold start).
 
-A trace is ``{"messages": [system?, user, assistant, tool, assistant, ...]}``. It is tokenised
+A trace is ``{"messages": [system?, user, assistant, tool, assistant, ...], "tools"?: [schemas]}``. It is tokenised
 exactly as the collector builds a rollout: the prompt (messages before the first assistant
 turn) rendered once by the chat template, then assistant text (loss mask 1) and tool
 observations (loss mask 0) appended as ids. So SFT trains on the very sequences RL samples.
@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from agentrl.collector import render_prompt, wrap_tool_observation
+from agentrl.collector import end_of_turn_id, render_prompt, wrap_tool_observation
 from agentrl.config import ModelConfig, OptimConfig, RunConfig, _Strict
 from agentrl.data import load_jsonl
 from agentrl.losses import token_logprobs
@@ -26,7 +26,8 @@ log = logging.getLogger("agentrl.sft")
 class SFTDataConfig(_Strict):
     path: str = "package:mul4_sft.jsonl"
     observation_format: Literal["text", "chat"] = "text"
-    """``text``: tool messages appended as is (ReTool / Search-R1 tags); ``chat``: wrapped in the template's tool turn."""
+    """``text``: tool messages appended as is (ReTool / Search-R1 tags); ``chat``: the template's tool turn
+    (Hermes / Qwen), each assistant turn closed by the end-of-turn token it samples at rollout time."""
     limit: int | None = None
     max_tokens: int = Field(1024, ge=8)
 
@@ -41,19 +42,46 @@ class SFTConfig(_Strict):
     """Where the warm-started model is written (default: run.output_dir/model)."""
 
 
-def encode_trace(tokenizer, messages: list[dict], observation_format: str = "text") -> tuple[list[int], list[int]]:
-    """(ids, loss_mask) of one trace, built the way the collector builds a rollout."""
+def encode_trace(tokenizer, messages: list[dict], observation_format: str = "text",
+                 tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
+    """(ids, loss_mask) of one trace, built the way the collector builds a rollout.
+
+    ``tools``: the function schemas the env's prompt renders (a trace row's ``tools``, as in
+    TRL's conversational datasets). ``chat``: each assistant turn ends with the end-of-turn
+    token the model samples (``<|im_end|>``, loss mask 1, so the model learns to end a turn);
+    each run of tool messages is one observation, the template's text up to the next
+    generation prompt without that token (``collector.wrap_tool_observation``), loss mask 0."""
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
     if first is None:
         raise ValueError("trace has no assistant message")
-    ids = render_prompt(tokenizer, messages[:first])
+    chat = observation_format == "chat"
+    end_id = end_of_turn_id(tokenizer) if chat else None
+    end_text = tokenizer.decode([end_id], skip_special_tokens=False) if end_id is not None else ""
+    ids = render_prompt(tokenizer, messages[:first], tools)
     mask = [0] * len(ids)
-    for m in messages[first:]:
+    rest = messages[first:]
+    for i, m in enumerate(rest):
         if m["role"] == "assistant":
+            if chat and i and rest[i - 1]["role"] == "assistant":
+                raise ValueError("two assistant messages in a row: in the chat format a turn without a call "
+                                 "is answered by the env's feedback, a tool message")
             part, bit = tokenizer.encode(m["content"], add_special_tokens=False), 1
+            if end_id is not None and part[-1:] != [end_id]:
+                part.append(end_id)  # sampled by the model at rollout time: trained on
         elif m["role"] == "tool":
-            text = m["content"] if observation_format == "text" else wrap_tool_observation(tokenizer, m["content"])
-            part, bit = tokenizer.encode(text, add_special_tokens=False), 0
+            if not chat:
+                part = tokenizer.encode(m["content"], add_special_tokens=False)
+            elif i and rest[i - 1]["role"] == "tool":
+                continue  # rendered with the first of its run
+            else:
+                run = []  # one tool message per call of the turn, as the env's outputs
+                for t in rest[i:]:
+                    if t["role"] != "tool":
+                        break
+                    run.append(t["content"])
+                text = wrap_tool_observation(tokenizer, run, turn_end=end_text)
+                part = tokenizer.encode(text, add_special_tokens=False)
+            bit = 0
         else:
             raise ValueError(f"unexpected {m['role']!r} message after the first assistant turn")
         ids += part
@@ -74,7 +102,7 @@ def sft(cfg: SFTConfig) -> Path:
     examples = []
     for i, row in enumerate(rows):
         try:
-            ids, mask = encode_trace(tokenizer, row["messages"], cfg.data.observation_format)
+            ids, mask = encode_trace(tokenizer, row["messages"], cfg.data.observation_format, row.get("tools"))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{cfg.data.path}: trace {i + 1}: {e}") from None
         ids, mask = ids[: cfg.data.max_tokens], mask[: cfg.data.max_tokens]
