@@ -41,7 +41,6 @@ def load_env_plugins() -> None:
         plugin_env_ids.update(set(gym.registry) - before)
 
 
-
 def registered_env_ids(all_namespaces: bool = False) -> list[str]:
     return sorted(k for k, spec in gym.registry.items()
                   if all_namespaces or spec.namespace == NAMESPACE or k.startswith(NAMESPACE + "/") or k in plugin_env_ids)
