@@ -53,21 +53,33 @@ class DisabledTool:
         return f"Error: the {self.name} tool is disabled in this environment"
 
 
-_bm25_lock = threading.Lock()
+class SharedRetriever:
+    """One retriever searched from many threads (the collector runs tool calls in a pool): a
+    lock around ``search``, since the BM25 query tokeniser's stemmer is not thread-safe."""
+
+    def __init__(self, retriever):
+        self.retriever, self._lock = retriever, threading.Lock()
+
+    def search(self, queries: list[str], k: int):
+        with self._lock:
+            return self.retriever.search(queries, k)
+
+
+_build_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
-def _corpus_bm25(corpus: str):
-    """One in-memory BM25 index per corpus, shared by every env of the process (a trainer holds
-    one env per episode of a step; the index is read-only once built)."""
+def _corpus_bm25(corpus: str) -> SharedRetriever:
     from agentrl.retrieval.base import iter_corpus
     from agentrl.retrieval.bm25 import BM25Retriever
 
-    return BM25Retriever(list(iter_corpus(corpus)))
+    return SharedRetriever(BM25Retriever(list(iter_corpus(corpus))))
 
 
-def corpus_retriever(corpus: str):
-    with _bm25_lock:  # collectors build envs from several threads
+def corpus_retriever(corpus: str) -> SharedRetriever:
+    """One in-memory BM25 index per corpus, shared by every env of the process (a trainer holds
+    one env per episode of a step: 64 copies of the index would be 64 builds)."""
+    with _build_lock:  # collectors build envs from several threads
         return _corpus_bm25(corpus)
 
 
