@@ -108,3 +108,51 @@ def test_training_on_it_with_an_existing_config(installed, tmp_path):
     config = (out / "config.yaml").read_text()
     assert f"id: {ENV_ID}" in config and "tasks.jsonl" in config
     assert time.perf_counter() - start < 120
+
+
+@pytest.fixture()
+def shop_db():
+    sys.path.insert(0, str(PACKAGE))  # the package's code, installed or not
+    try:
+        from agentrl_sqlite_env.sql_tool import ShopDatabase
+
+        db = ShopDatabase(max_rows=5, timeout_s=0.5)
+        yield db
+        db.close()
+    finally:
+        sys.path.remove(str(PACKAGE))
+
+
+ENDLESS = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+
+
+@pytest.mark.parametrize("sql, expected", [
+    (ENDLESS + "SELECT count(*) FROM n", "Error: the query ran longer than 0.5 s and was stopped"),
+    ("SELECT count(*) FROM orders a, orders b, orders c, orders d, orders e, orders f, orders g",
+     "Error: the query ran longer than 0.5 s and was stopped"),
+    ("SELECT * FROM orders a, orders b, orders c, orders d, orders e ORDER BY random()",
+     "Error: the query ran longer than 0.5 s and was stopped"),
+    ("DELETE FROM orders", "Error: not authorized"),
+    ("INSERT INTO customers VALUES (99, 'x', 'y')", "Error: not authorized"),
+    ("CREATE TABLE t (x)", "Error: not authorized"),
+    ("PRAGMA query_only = OFF", "Error: not authorized"),
+    ("ATTACH DATABASE '/tmp/agentrl_sqlite_attack.db' AS x", "Error: not authorized"),
+    ("VACUUM INTO '/tmp/agentrl_sqlite_attack.db'", "Error: authorization denied"),
+    ("SELECT 1; DROP TABLE orders", "Error: You can only execute one statement at a time."),
+    ("SELECT length(randomblob(1000000000))", "Error: string or blob too big"),
+    ("WITH RECURSIVE r(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM r) SELECT max(length(s)) FROM r", "Error: string or blob too big"),
+    ("SELECT printf('%.*c', 500000000, 'x')", "Error: not authorized to use function: printf"),
+    ("SELEC 1", 'Error: near "SELEC": syntax error'),
+])
+def test_hostile_sql_is_an_error_message_quickly(shop_db, sql, expected):
+    start = time.perf_counter()
+    assert shop_db.query(sql) == expected
+    assert time.perf_counter() - start < 2.0
+    assert shop_db.query("SELECT count(*) FROM orders") == "count(*)\n18"  # nothing changed, still usable
+    assert not Path("/tmp/agentrl_sqlite_attack.db").exists()
+
+
+def test_rows_are_capped(shop_db):
+    out = shop_db.query(ENDLESS + "SELECT x FROM n")  # endless, but only max_rows + 1 rows are fetched
+    assert out.splitlines() == ["x", "1", "2", "3", "4", "5", "... (more than 5 rows; add a LIMIT or aggregate)"]
+    assert shop_db.query("SELECT name FROM customers WHERE city = 'Nowhere'") == "name\n(no rows)"
