@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import os
 import threading
 from typing import Any, Callable
 
@@ -51,12 +52,14 @@ class _BackgroundLoop:
 
     def __init__(self):
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
         self._lock = threading.Lock()
 
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                self._loop = asyncio.new_event_loop()
+            # a forked child (AsyncVectorEnv workers) inherits the loop but not the thread running it
+            if self._loop is None or self._loop.is_closed() or self._pid != os.getpid():
+                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
                 threading.Thread(target=self._loop.run_forever, name="agentrl-async-tools", daemon=True).start()
             return self._loop
 

@@ -1,5 +1,6 @@
 """Tools from plain Python functions: the schema TRL would give the model, calls, errors."""
 import asyncio
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -108,6 +109,22 @@ def test_async_functions_run_from_any_thread_with_a_timeout():
     assert asyncio.run(inside_a_running_loop()) == "LOOP"
     timed = tool_from_function(slow_echo, timeout_s=0.2)
     assert timed.call({"text": "x", "delay_s": 5}) == "Error: TimeoutError: the tool did not answer within 0.2 s"
+
+
+def _call_in_child(tool, queue):
+    queue.put(tool.call({"text": "child"}))
+
+
+def test_async_tools_work_in_a_forked_child():
+    # AsyncVectorEnv forks its workers: the child inherits the loop object, not the thread running it
+    tool = tool_from_function(slow_echo, timeout_s=10)
+    assert tool.call({"text": "parent"}) == "PARENT"
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_call_in_child, args=(tool, queue))
+    child.start()
+    assert queue.get(timeout=30) == "CHILD"
+    child.join(30)
 
 
 def test_methods_name_and_description_overrides():
