@@ -25,9 +25,11 @@ import asyncio
 import concurrent.futures
 import inspect
 import os
+import sys
 import threading
 from typing import Any, Callable
 
+from transformers.utils import chat_template_utils
 from transformers.utils.chat_template_utils import DocstringParsingException, TypeHintParsingException, get_json_schema
 
 DOCSTRING_EXAMPLE = '''    """What the tool does, in one line.
@@ -80,6 +82,27 @@ def run_coroutine(coroutine, timeout_s: float | None = None) -> Any:
     return _background.run(coroutine, timeout_s)
 
 
+_patch_lock = threading.Lock()
+
+
+def _json_schema_without_torch(fn: Callable) -> dict[str, Any]:
+    """``get_json_schema(fn)``, without importing torch when it is not loaded yet.
+
+    transformers imports torch (1.5 s, hundreds of MB) on every call only to map ``torch.Tensor``
+    hints to an "audio" type, which text tools never take, and environments must stay torch-free.
+    With torch loaded (a trainer process) the call is unchanged; without it a Tensor hint is refused.
+    """
+    if "torch" in sys.modules:
+        return get_json_schema(fn)
+    with _patch_lock:  # chat_template_utils reads is_torch_available from its own globals, nowhere else
+        saved = chat_template_utils.is_torch_available
+        chat_template_utils.is_torch_available = lambda: False
+        try:
+            return get_json_schema(fn)
+        finally:
+            chat_template_utils.is_torch_available = saved
+
+
 def function_schema(fn: Callable) -> dict[str, Any]:
     """``get_json_schema(fn)`` with errors that say what to add to the function."""
     fn_name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
@@ -90,7 +113,7 @@ def function_schema(fn: Callable) -> dict[str, Any]:
             f"function {fn_name!r} has no docstring: add a Google-style docstring that describes the tool and "
             f"each argument, e.g.\n{DOCSTRING_EXAMPLE}")
     try:
-        return get_json_schema(fn)
+        return _json_schema_without_torch(fn)
     except TypeHintParsingException as e:
         raise ToolDefinitionError(
             f"function {fn_name!r}: {e}. Give every argument a JSON-compatible type hint "

@@ -1,7 +1,10 @@
 """Tools from plain Python functions: the schema TRL would give the model, calls, errors."""
 import asyncio
 import multiprocessing
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -13,6 +16,8 @@ from agentrl.function_tools import ToolDefinitionError, tool_from_function
 from agentrl.model import cached_tiny_model
 from agentrl.parsers import HermesParser
 from agentrl.tools import Tool, tool_schema
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def convert(amount: float, unit: Literal["km", "mi"], digits: int = 2, tags: list[str] | None = None):
@@ -125,6 +130,17 @@ def test_async_tools_work_in_a_forked_child():
     child.start()
     assert queue.get(timeout=30) == "CHILD"
     child.join(30)
+
+
+def test_making_tools_and_the_example_env_does_not_import_torch():
+    code = ("import sys; sys.path.insert(0, 'examples/agentrl-sqlite-env'); import gymnasium as gym\n"
+            "from agentrl.function_tools import tool_from_function\n"
+            "from agentrl_sqlite_env.env import ShopSQLEnv\n"
+            "env = ShopSQLEnv(); env.reset(seed=0); env.close()\n"
+            "assert tool_from_function(env.db.query).parameters['required'] == ['sql']\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
 def test_methods_name_and_description_overrides():
