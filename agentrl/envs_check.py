@@ -121,38 +121,34 @@ def _check_tools(env: gym.Env) -> None:
             raise AssertionError(f"{where}: parameters is not a valid JSON schema: {e.message}") from e
 
 
+def _checks(seed: int):
+    """(name, what it runs, the check on a fresh env, the fix when it fails: None to look it up)."""
+    return (
+        ("tools", "name, description and a valid JSON schema per tool", _check_tools, TOOL_FIX),
+        ("text env", f"agentrl.envs.checker.check_text_env(env, seed={seed})", lambda env: check_text_env(env, seed=seed), None),
+        ("gymnasium", "gymnasium.utils.env_checker.check_env(env.unwrapped)", lambda env: check_env(env.unwrapped), None),
+    )
+
 
 def run_checks(env_id: str, kwargs: dict[str, Any] | None = None, seed: int = 0) -> list[CheckResult]:
     kwargs = dict(kwargs or {})
     make = lambda: gym.make(env_id, **kwargs)  # noqa: E731
     shown = f"gym.make({env_id!r}{''.join(f', {k}={v!r}' for k, v in kwargs.items())})"
-    results = []
     try:
         make().close()
-        results.append(CheckResult("make", shown, True))
     except Exception as e:
         rule = f"{type(e).__name__}: {e}"
         fix = TOOL_FIX if "parameters schema" in rule else (
             "make the constructor work with these kwargs (give every argument a default, "
             "or pass the missing ones with --kwargs '{\"name\": value}')")
-        results.append(CheckResult("make", shown, False, rule=rule, fix=fix))
-        return results + [CheckResult(n, w, None) for n, w in _LATER]
-    for name, what, run, default_fix in (
-        ("tools", "name, description and a valid JSON schema per tool", _check_tools, TOOL_FIX),
-        ("text env", f"agentrl.envs.checker.check_text_env(env, seed={seed})", lambda env: check_text_env(env, seed=seed), None),
-        ("gymnasium", "gymnasium.utils.env_checker.check_env(env.unwrapped)", lambda env: check_env(env.unwrapped), None),
-    ):
-        results.append(_run_one(name, what, make, run, default_fix, seed))
-    return results
+        return [CheckResult("make", shown, False, rule=rule, fix=fix)] + [CheckResult(n, w, None) for n, w, *_ in _checks(seed)]
+    return [CheckResult("make", shown, True)] + [_run_one(*check, make, seed) for check in _checks(seed)]
 
 
-_LATER = (("tools", "tool schemas"), ("text env", "agentrl.envs.checker.check_text_env"),
-          ("gymnasium", "gymnasium.utils.env_checker.check_env"))
-
-
-def _run_one(name: str, what: str, make, run, default_fix: str | None, seed: int) -> CheckResult:
-    env = make()
+def _run_one(name: str, what: str, run, default_fix: str | None, make, seed: int) -> CheckResult:
+    env = None
     try:
+        env = make()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run(env)
@@ -166,7 +162,8 @@ def _run_one(name: str, what: str, make, run, default_fix: str | None, seed: int
         return CheckResult(name, what, False, rule=message, detail=detail, fix=default_fix or fix_for(message))
     finally:
         try:
-            env.close()
+            if env is not None:
+                env.close()
         except Exception:
             pass
 
