@@ -29,9 +29,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("report",): ("agentrl.report", "one self-contained HTML page: config, curves, eval tables, trajectory browser"),
     ("bench", "sandbox"): ("agentrl.sandbox.bench", "sandbox latency against python -c per call"),
     ("bench", "retrieval"): ("agentrl.retrieval.bench", "retrieval quality and speed"),
-    ("bench", "rollout"): ("agentrl.bench_rollout", "collector overhead and engines side by side"),
-    ("bench", "trainer"): ("agentrl.bench_trainer", "agentrl GRPO against TRL's GRPOTrainer"),
-    ("bench", "update"): ("agentrl.bench_update", "peak memory and time of one policy update: full logits vs chunked"),
+    ("bench", "rollout"): ("agentrl.bench.rollout", "collector overhead and engines side by side"),
+    ("bench", "trainer"): ("agentrl.bench.trainer", "agentrl GRPO against TRL's GRPOTrainer"),
+    ("bench", "update"): ("agentrl.bench.update", "peak memory and time of one policy update: full logits vs chunked"),
 }
 
 

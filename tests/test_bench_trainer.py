@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agentrl import bench_trainer as bt
+from agentrl.bench import trainer as bt
 
 
 def test_correctness_reward_reads_last_answer_of_any_assistant_message():

@@ -4,8 +4,8 @@ side by side.
 Part 1 runs the same prompts at the same lengths twice in one process: the engine's raw
 ``generate`` (EOS off, fixed length, no tools), then the collector playing single-turn episodes
 whose only work is that same generation (EOS off, no tool). The ratio of wall times is the
-collector's overhead (target <= 1.15x). Part 2 is ``bench_engines`` (HFEngine, model.generate,
-VLLMEngine when importable). Prints tables and writes JSON.
+collector's overhead (target <= 1.15x). Part 2 is ``agentrl.bench.engines.bench_engines``
+(HFEngine, model.generate, VLLMEngine when importable). Prints tables and writes JSON.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def add_cli_args(parser) -> None:
 
 
 def cli_main(args) -> int:
-    from agentrl.bench_engines import bench_engines
+    from agentrl.bench.engines import bench_engines
 
     if args.model is None:
         from agentrl.model import cached_tiny_model

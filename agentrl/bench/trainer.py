@@ -4,7 +4,7 @@ Both frameworks train the same model on the same multiplication tasks (``mul4_tr
 with the same group size, prompts per step, token budget, learning rate, temperature and
 number of steps, once single-turn and once with a Python tool (Hermes ``<tool_call>`` format,
 both sides executing code in the same ``agentrl.sandbox`` local sandbox). Every run is a fresh
-subprocess (``python -m agentrl.bench_trainer --worker ...``), one after the other, so memory
+subprocess (``python -m agentrl.bench.trainer --worker ...``), one after the other, so memory
 peaks (``ru_maxrss``) do not mix and both pay the same import / thread state.
 
 Seconds per step exclude model loading and trainer construction: agentrl reports per-step
@@ -156,7 +156,7 @@ def _run_worker(kind: str, spec: dict, timeout: float) -> dict:
         threads = str(spec["threads"])
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
                    TRL_EXPERIMENTAL_SILENCE="1", TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
-        cmd = [sys.executable, "-m", "agentrl.bench_trainer", "--worker", kind, "--spec", json.dumps(spec),
+        cmd = [sys.executable, "-m", "agentrl.bench.trainer", "--worker", kind, "--spec", json.dumps(spec),
                "--result", str(result), "--workdir", tmp]
         t0 = time.perf_counter()
         try:
@@ -538,7 +538,7 @@ WORKERS = {"agentrl": worker_agentrl, "trl": worker_trl, "warm": worker_warm}
 
 
 def _worker_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m agentrl.bench_trainer")
+    p = argparse.ArgumentParser(prog="python -m agentrl.bench.trainer")
     p.add_argument("--worker", choices=sorted(WORKERS), required=True)
     p.add_argument("--spec", required=True)
     p.add_argument("--result", required=True)
