@@ -7,6 +7,8 @@ import json
 import pytest
 
 from agentrl.bench import trainer as bt
+from agentrl.bench import trainer_common as common
+from agentrl.bench.trainer_trl import correctness_reward
 
 
 def test_correctness_reward_reads_last_answer_of_any_assistant_message():
@@ -18,12 +20,12 @@ def test_correctness_reward_reads_last_answer_of_any_assistant_message():
         [{"role": "assistant", "content": "no answer"}],
         "plain <answer> 6.0 </answer>",
     ]
-    assert bt.correctness_reward(completions, ["6", "6", "6", "6"]) == [1.0, 0.0, 0.0, 1.0]
+    assert correctness_reward(completions, ["6", "6", "6", "6"]) == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_steady_drops_the_warmup_step():
-    assert bt._steady([10.0, 2.0, 2.0], [100, 40, 60]) == (2.0, 25.0)
-    assert bt._steady([3.0], [30]) == (3.0, 10.0)
+    assert common.steady([10.0, 2.0, 2.0], [100, 40, 60]) == (2.0, 25.0)
+    assert common.steady([3.0], [30]) == (3.0, 10.0)
 
 
 def test_trl_tool_schema_equals_agentrl_tool_schema():
@@ -33,8 +35,8 @@ def test_trl_tool_schema_equals_agentrl_tool_schema():
     def python(code: str):
         return fn(code)
 
-    python.__doc__ = f"{bt.TOOL_DOC}\n\nArgs:\n    code: Python source to run.\n"
-    assert get_json_schema(python) == bt._tool_schema()
+    python.__doc__ = f"{common.TOOL_DOC}\n\nArgs:\n    code: Python source to run.\n"
+    assert get_json_schema(python) == common.python_tool_schema()
 
 
 def test_hermes_trace_is_a_valid_tool_conversation():
@@ -43,8 +45,8 @@ def test_hermes_trace_is_a_valid_tool_conversation():
     from agentrl.model import cached_tiny_model
 
     tok = AutoTokenizer.from_pretrained(cached_tiny_model())
-    task = bt._tasks(limit=1)[0]
-    text = tok.apply_chat_template(bt._hermes_trace(task), tools=[bt._tool_schema()], tokenize=False)
+    task = common.bench_tasks(limit=1)[0]
+    text = tok.apply_chat_template(common.hermes_trace(task), tools=[common.python_tool_schema()], tokenize=False)
     assert f'"arguments": {{"code": "print({task["a"]} * {task["b"]})"}}' in text
     assert f"<tool_response>\n{task['answer']}\n</tool_response>" in text
     assert text.rstrip().endswith(f"<answer>{task['answer']}</answer><|im_end|>")
