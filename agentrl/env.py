@@ -160,10 +160,12 @@ class ToolEnv(gym.Env):
 
     ``info`` is a function of the seed and the actions (gymnasium's ``check_env`` checks this):
     it carries the parsed calls, their outputs (``tool_outputs``, one per call then one per
-    error), invalid-call counts and reward components. A call's arguments are checked against
-    the tool's ``parameters`` JSON schema (jsonschema) before it runs: a mismatch, like an
-    unknown tool, is an error observation naming the problem and counts in ``n_invalid_calls``. The wall-clock time the last step spent
+    error), invalid-call counts and reward components. The wall-clock time the last step spent
     in tools is ``last_tool_latency_s``, an attribute, not part of ``info``.
+
+    A call's arguments are checked against the tool's ``parameters`` JSON schema (jsonschema)
+    before it runs: a mismatch, like an unknown tool, is an error observation naming the
+    problem and counts in ``n_invalid_calls``.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
