@@ -29,10 +29,58 @@ class RunConfig(_Strict):
     steps: int = Field(20, ge=1)
     save_every: int = Field(10, ge=1, description="checkpoint interval in steps")
     keep_checkpoints: int = Field(2, ge=1)
-    tensorboard: bool = True
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Where metrics go: ``output_dir/metrics.jsonl`` (what ``agentrl plot`` / ``report`` read),
+    TensorBoard (``output_dir/tensorboard``), Weights & Biases (``pip install 'agentrl[wandb]'``;
+    ``WANDB_MODE=offline`` keeps it on the machine). Same metric names everywhere. The older
+    ``tensorboard: false`` still works: it means ``[jsonl]``."""
+    wandb_project: str | None = None
+    """W&B project; None: ``$WANDB_PROJECT``, else ``agentrl``. The W&B run is named ``name``."""
+    log_trajectories_every: int = Field(10, ge=1)
+    """With ``wandb``: the step's saved trajectories (``save_trajectories`` of them) as a table
+    every this many steps."""
     progress: bool = True
     save_trajectories: int = Field(4, ge=0)
     """Trajectories of each step appended to ``output_dir/trajectories.jsonl`` (for reports); 0: none."""
+
+    @property
+    def tensorboard(self) -> bool:
+        """The older switch, read-only now: whether ``report_to`` lists tensorboard."""
+        return "tensorboard" in self.report_to
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_switch_into_report_to(cls, data: Any) -> Any:
+        """``report_to: wandb`` means ``[wandb]``; ``tensorboard: false`` (older configs) still
+        turns TensorBoard off, by becoming ``report_to: [jsonl]``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("report_to"), str):
+            data["report_to"] = [data["report_to"]]
+        if "tensorboard" not in data:
+            return data
+        tb = data.pop("tensorboard")
+        if not isinstance(tb, bool):
+            raise ValueError(f"run.tensorboard must be true or false, got {tb!r} (or list tensorboard in run.report_to)")
+        report_to = data.setdefault("report_to", ["jsonl"] + (["tensorboard"] if tb else []))
+        if isinstance(report_to, (list, tuple)) and tb != ("tensorboard" in report_to):
+            raise ValueError(f"run.tensorboard: {str(tb).lower()} contradicts run.report_to: {list(report_to)}; "
+                             "run.tensorboard is the older switch: drop it and list (or leave out) "
+                             "tensorboard in run.report_to")
+        return data
+
+    @model_validator(mode="after")
+    def _report_to_is_usable(self) -> "RunConfig":
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"run.report_to lists a backend twice: {self.report_to}")
+        if "wandb" in self.report_to:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise ValueError("run.report_to lists wandb but the wandb package is not installed: "
+                                 "pip install 'agentrl[wandb]' (or pip install wandb)")
+        return self
 
 
 class ModelConfig(_Strict):

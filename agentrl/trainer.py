@@ -125,8 +125,8 @@ class GRPOTrainer:
         resumed = resume and self.checkpointer.latest() is not None
         if resumed:
             self._restore(self.checkpointer.latest())
-        self.metrics = MetricsWriter(self.out, tensorboard=cfg.run.tensorboard, enabled=self.engine.is_main,
-                                     resume_step=self.step if resumed else None)
+        self.metrics = MetricsWriter.for_run(self.out, cfg.run, cfg.model_dump(mode="json"), enabled=self.engine.is_main,
+                                             resume_step=self.step if resumed else None)
         if self.engine.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -352,6 +352,7 @@ class GRPOTrainer:
         n = self.cfg.run.save_trajectories
         if not n or not self.engine.is_main or not trajs:
             return
+        self.metrics.log_trajectories(trajs[:n], self.step, self.tokenizer)  # a W&B table every N steps
         with open(self.out / "trajectories.jsonl", "a", encoding="utf-8") as f:
             for t in trajs[:n]:
                 f.write(json.dumps({"step": self.step, **t.to_dict()}) + "\n")

@@ -18,7 +18,7 @@ def worker_agentrl(spec: dict, workdir: str) -> dict:
     kwargs = {"max_turns": spec["max_turns"], "tool_format": "hermes"} if tool else {"max_turns": 1, "tool_enabled": False}
     tree = {
         "run": {"name": "bench", "output_dir": str(Path(workdir) / "agentrl"), "seed": spec["seed"], "steps": spec["steps"],
-                "save_every": spec["steps"] + 1, "tensorboard": False, "progress": False},
+                "save_every": spec["steps"] + 1, "report_to": ["jsonl"], "progress": False},
         "model": {"path": spec["model"], "init_if_missing": None},
         "env": {"id": "agentrl/PythonTool-v0", "kwargs": kwargs},
         "rollout": {"tasks_per_step": spec["prompts_per_step"], "group_size": spec["group_size"],
