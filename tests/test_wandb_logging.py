@@ -102,6 +102,8 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):  # table staging, settings: in tmp too
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
     (tmp_path / "wandb_dir").mkdir()
     return tmp_path / "wandb_dir"
 
