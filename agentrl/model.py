@@ -281,105 +281,6 @@ def model_config(size: str, tokenizer):
     )
 
 
-COPY_SOURCES = ("interpreter", "information", "documents", "tool_response", "code", "think")
-
-
-def copy_drill(rng: random.Random) -> str:
-    """One drill of in-context copying, the skill any pretrained LLM brings: a digit string shown
-    inside one tag pair and repeated inside ``<answer>``, or an expression in a sentence
-    repeated inside a tag. Distractor numbers come first, so the model learns to copy from the
-    latest source rather than from whatever digits are in context."""
-    def number(lo: int = 1, hi: int = 9) -> str:
-        return "".join(rng.choice("0123456789") for _ in range(rng.randint(lo, hi)))
-
-    def expression() -> str:
-        return f"{number(1, 4)} {rng.choice('+-*/')} {number(1, 4)}"
-
-    lead = rng.choice(("What is", "Compute", "Find", "Evaluate", "The value of"))
-    distractors = [
-        rng.choice((f"{lead} {expression()}?", f"<code>{expression()}</code>", f"<think>{number()}</think>"))
-        for _ in range(rng.randint(0, 2))
-    ]
-    if rng.random() < 0.5:
-        source = rng.choice(COPY_SOURCES)
-        digits = number(1, 9)
-        drill = f"<{source}>\n{digits}\n</{source}>\n<answer>{digits}</answer>"
-    else:
-        expr = expression()
-        tag = rng.choice(("code", "answer", "think"))
-        drill = f"{lead} {expr}?\n<{tag}>{expr}</{tag}>"
-    return "\n".join([*distractors, drill])
-
-
-def pretrain_copying(
-    model, tokenizer, steps: int, seed: int, batch_size: int = 32, lr: float = 1e-3, warmup_steps: int = 50
-) -> float:
-    """A random-init tiny model cannot copy from its context; a pretrained LLM can. A few hundred
-    steps on short copy drills give the tiny stand-in that induction-head skill (the loss is on
-    the repeat and its closing tag, so the model also learns where a copy ends). Warmup and
-    gradient clipping matter: without them some seeds never form the copying circuit.
-    Returns the final loss."""
-    import torch
-
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup_steps))
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        texts = [copy_drill(rng) for _ in range(batch_size)]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, attn = enc.input_ids, enc.attention_mask
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-        mask = _second_copy_mask(ids, tokenizer)[:, 1:]
-        loss = -(logprobs * mask).sum() / mask.sum()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-    model.eval()
-    return loss.item()
-
-
-def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1234) -> float:
-    """Greedy exact-match rate of copying a fresh 1-6 digit number from ``<interpreter>`` into
-    ``<answer>`` after a question with other numbers, closing tag included: the skill the CPU
-    learning run depends on."""
-    import torch
-
-    rng = random.Random(seed)
-    numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(1, 6))) for _ in range(n)]
-    prompts = [
-        f"What is {rng.randint(10, 99)} * {rng.randint(10, 99)}?\n<interpreter>\n{d}\n</interpreter>\n<answer>"
-        for d in numbers
-    ]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:])
-    return sum(t.startswith(d + "</answer>") for t, d in zip(texts, numbers)) / n
-
-
-def _second_copy_mask(ids, tokenizer):
-    """1 on the repeat (after the last opening tag of each drill, through its closing tag)."""
-    import torch
-
-    openers = {tokenizer.convert_tokens_to_ids(t) for t in TAG_TOKENS if not t.startswith("</")}
-    mask = torch.zeros(ids.shape, dtype=torch.float32)
-    for b, row in enumerate(ids.tolist()):
-        start = max(i for i, t in enumerate(row) if t in openers) + 1
-        end = next(i for i in range(start, len(row)) if tokenizer.decode([row[i]]).startswith("</"))
-        mask[b, start : end + 1] = 1.0
-    return mask
-
-
 def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pretrain_steps: int = 0) -> Path:
     """Build tokenizer + randomly initialised Qwen2 causal LM into ``out_dir``; returns the path.
     ``pretrain_steps`` > 0 adds the copy pretraining of :func:`pretrain_copying`."""
@@ -397,6 +298,8 @@ def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pret
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config).to(torch.float32)
         if pretrain_steps:
+            from agentrl.copy_pretraining import pretrain_copying
+
             pretrain_copying(model, tokenizer, pretrain_steps, seed)
     finally:
         torch.random.set_rng_state(rng_state)
@@ -420,6 +323,7 @@ def _builder_hash() -> str:
     import transformers
 
     h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update((Path(__file__).parent / "copy_pretraining.py").read_bytes())
     h.update(f"{transformers.__version__}/{tokenizers.__version__}".encode())
     for text in build_corpus():
         h.update(text.encode())
@@ -471,7 +375,10 @@ def cli_main(args: argparse.Namespace) -> int:
     out = init_tiny_model(args.out, size=args.size, seed=args.seed, pretrain_steps=args.pretrain_steps)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    copying = f", copy accuracy {copy_accuracy(model, tok):.2f}" if args.pretrain_steps else ""
+    from agentrl.copy_pretraining import copy_accuracy, name_copy_accuracy
+
+    copying = (f", copy accuracy {copy_accuracy(model, tok):.2f} (digits) {name_copy_accuracy(model, tok):.2f} (names)"
+               if args.pretrain_steps else "")
     print(
         f"wrote {args.size} model to {out}: {count_parameters(model) / 1e6:.2f}M params, "
         f"vocab {len(tok)}{copying}, {time.perf_counter() - t0:.1f}s"

@@ -109,7 +109,7 @@ def sft(cfg: SFTConfig) -> Path:
         examples.append(Trajectory(ids, mask, [0.0] * len(ids), 0, [], 0.0, {}, StopReason.ANSWER, False))
     engine = TorchEngine(model, cfg.optim, cfg.run.steps, autocast_bf16=cfg.model.dtype == "bfloat16")
     out = Path(cfg.run.output_dir)
-    metrics = MetricsWriter(out, tensorboard=cfg.run.tensorboard)
+    metrics = MetricsWriter.for_run(out, cfg.run, cfg.model_dump(mode="json"))
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
     model.train()
     with ProgressBar(cfg.run.steps, enabled=cfg.run.progress, description="sft") as bar:

@@ -1,0 +1,156 @@
+"""Copy pretraining: the in-context copying any pretrained LLM brings, given to the tiny model.
+
+A random-init model cannot copy from its context, and every CPU learning run needs it to: the
+ReTool run copies the interpreter's digits into ``<answer>``, the search runs copy made-up
+names from the question into ``<search>`` and from ``<information>`` into ``<answer>``.
+``agentrl model init --pretrain-steps N`` trains on these drills; ``copy_accuracy`` and
+``name_copy_accuracy`` measure the two skills.
+"""
+from __future__ import annotations
+
+import random
+
+from agentrl.model import TAG_TOKENS, _WORDS
+
+COPY_SOURCES = ("interpreter", "information", "documents", "tool_response", "code", "think")
+
+
+def copy_drill(rng: random.Random) -> str:
+    """One drill of in-context copying, the skill any pretrained LLM brings: a digit string shown
+    inside one tag pair and repeated inside ``<answer>``, or an expression in a sentence
+    repeated inside a tag. Distractor numbers come first, so the model learns to copy from the
+    latest source rather than from whatever digits are in context."""
+    def number(lo: int = 1, hi: int = 9) -> str:
+        return "".join(rng.choice("0123456789") for _ in range(rng.randint(lo, hi)))
+
+    def expression() -> str:
+        return f"{number(1, 4)} {rng.choice('+-*/')} {number(1, 4)}"
+
+    lead = rng.choice(("What is", "Compute", "Find", "Evaluate", "The value of"))
+    distractors = [
+        rng.choice((f"{lead} {expression()}?", f"<code>{expression()}</code>", f"<think>{number()}</think>"))
+        for _ in range(rng.randint(0, 2))
+    ]
+    kind = rng.random()
+    if kind < 0.35:
+        source = rng.choice(COPY_SOURCES)
+        digits = number(1, 9)
+        drill = f"<{source}>\n{digits}\n</{source}>\n<answer>{digits}</answer>"
+    elif kind < 0.6:
+        expr = expression()
+        tag = rng.choice(("code", "answer", "think"))
+        drill = f"{lead} {expr}?\n<{tag}>{expr}</{tag}>"
+    elif kind < 0.8:  # a name in a question, repeated in a call or an answer (a search query)
+        name, words, tag = made_up_name(rng), _filler(rng), rng.choice(("search", "answer", "refine"))
+        drill = f"{words[0]} {name} {words[1]}?\n<{tag}> {name} </{tag}>"
+    else:  # a name in a passage, repeated in an answer (reading a search result)
+        name, words = made_up_name(rng), _filler(rng)
+        source = rng.choice(("information", "documents", "tool_response"))
+        drill = f"<{source}>\n{words[0]} {name} {words[1]}.\n</{source}>\n<answer> {name} </answer>"
+    return "\n".join([*distractors, drill])
+
+
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+
+
+def made_up_name(rng: random.Random) -> str:
+    """One to three capitalised pseudo-words: names no tokenizer has whole, as in the search task."""
+    def word() -> str:
+        return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + rng.choice(("", "", "n", "r", "l", "s", "th"))
+                       for _ in range(rng.randint(1, 3))).capitalize()
+
+    return " ".join(word() for _ in range(rng.randint(1, 3)))
+
+
+def _filler(rng: random.Random) -> tuple[str, str]:
+    """Lower-case words before and after a name."""
+    return " ".join(rng.sample(_WORDS, rng.randint(1, 5))).capitalize(), " ".join(rng.sample(_WORDS, rng.randint(0, 4)))
+
+
+def pretrain_copying(
+    model, tokenizer, steps: int, seed: int, batch_size: int = 32, lr: float = 1e-3, warmup_steps: int = 50
+) -> float:
+    """A random-init tiny model cannot copy from its context; a pretrained LLM can. A few hundred
+    steps on short copy drills give the tiny stand-in that induction-head skill (the loss is on
+    the repeat and its closing tag, so the model also learns where a copy ends). Warmup and
+    gradient clipping matter: without them some seeds never form the copying circuit.
+    Returns the final loss."""
+    import torch
+
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup_steps))
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        texts = [copy_drill(rng) for _ in range(batch_size)]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, attn = enc.input_ids, enc.attention_mask
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logprobs = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+        mask = _second_copy_mask(ids, tokenizer)[:, 1:]
+        loss = -(logprobs * mask).sum() / mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+    model.eval()
+    return loss.item()
+
+
+def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1234) -> float:
+    """Greedy exact-match rate of copying a fresh 1-6 digit number from ``<interpreter>`` into
+    ``<answer>`` after a question with other numbers, closing tag included: the skill the CPU
+    learning run depends on."""
+    import torch
+
+    rng = random.Random(seed)
+    numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(1, 6))) for _ in range(n)]
+    prompts = [
+        f"What is {rng.randint(10, 99)} * {rng.randint(10, 99)}?\n<interpreter>\n{d}\n</interpreter>\n<answer>"
+        for d in numbers
+    ]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:])
+    return sum(t.startswith(d + "</answer>") for t, d in zip(texts, numbers)) / n
+
+
+def name_copy_accuracy(model, tokenizer, n: int = 64, seed: int = 4321) -> float:
+    """Greedy exact-match rate of copying a fresh made-up name from a question into ``<search>``
+    (closing tag included): the skill the CPU search runs depend on."""
+    import torch
+
+    rng = random.Random(seed)
+    names = [made_up_name(rng) for _ in range(n)]
+    prompts = [f"In which city was {name} born?\n<search>" for name in names]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:])
+    return sum(t.startswith(f" {name} </search>") for t, name in zip(texts, names)) / n
+
+
+def _second_copy_mask(ids, tokenizer):
+    """1 on the repeat (after the last opening tag of each drill, through its closing tag)."""
+    import torch
+
+    openers = {tokenizer.convert_tokens_to_ids(t) for t in TAG_TOKENS if not t.startswith("</")}
+    mask = torch.zeros(ids.shape, dtype=torch.float32)
+    for b, row in enumerate(ids.tolist()):
+        start = max(i for i, t in enumerate(row) if t in openers) + 1
+        end = next(i for i in range(start, len(row)) if tokenizer.decode([row[i]]).startswith("</"))
+        mask[b, start : end + 1] = 1.0
+    return mask
