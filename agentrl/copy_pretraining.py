@@ -15,11 +15,13 @@ from agentrl.model import TAG_TOKENS, _WORDS
 COPY_SOURCES = ("interpreter", "information", "documents", "tool_response", "code", "think")
 
 
-def copy_drill(rng: random.Random) -> str:
+def copy_drill(rng: random.Random, names: bool = False) -> str:
     """One drill of in-context copying, the skill any pretrained LLM brings: a digit string shown
     inside one tag pair and repeated inside ``<answer>``, or an expression in a sentence
     repeated inside a tag. Distractor numbers come first, so the model learns to copy from the
-    latest source rather than from whatever digits are in context."""
+    latest source rather than from whatever digits are in context. ``names`` adds drills that
+    copy made-up names (a question's name into ``<search>``, a passage's into ``<answer>``), the
+    search runs' skill: they need ~1500 steps where digits need 600."""
     def number(lo: int = 1, hi: int = 9) -> str:
         return "".join(rng.choice("0123456789") for _ in range(rng.randint(lo, hi)))
 
@@ -32,6 +34,8 @@ def copy_drill(rng: random.Random) -> str:
         for _ in range(rng.randint(0, 2))
     ]
     kind = rng.random()
+    if not names:  # the ReTool run's drills: digits and expressions, half each
+        kind = 0.0 if kind < 0.5 else 0.5
     if kind < 0.35:
         source = rng.choice(COPY_SOURCES)
         digits = number(1, 9)
@@ -68,7 +72,8 @@ def _filler(rng: random.Random) -> tuple[str, str]:
 
 
 def pretrain_copying(
-    model, tokenizer, steps: int, seed: int, batch_size: int = 32, lr: float = 1e-3, warmup_steps: int = 50
+    model, tokenizer, steps: int, seed: int, batch_size: int = 32, lr: float = 1e-3, warmup_steps: int = 50,
+    names: bool = False,
 ) -> float:
     """A random-init tiny model cannot copy from its context; a pretrained LLM can. A few hundred
     steps on short copy drills give the tiny stand-in that induction-head skill (the loss is on
@@ -83,7 +88,7 @@ def pretrain_copying(
     model.train()
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        texts = [copy_drill(rng) for _ in range(batch_size)]
+        texts = [copy_drill(rng, names) for _ in range(batch_size)]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, attn = enc.input_ids, enc.attention_mask
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()

@@ -281,9 +281,11 @@ def model_config(size: str, tokenizer):
     )
 
 
-def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pretrain_steps: int = 0) -> Path:
+def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pretrain_steps: int = 0,
+                    copy_names: bool = False) -> Path:
     """Build tokenizer + randomly initialised Qwen2 causal LM into ``out_dir``; returns the path.
-    ``pretrain_steps`` > 0 adds the copy pretraining of :func:`pretrain_copying`."""
+    ``pretrain_steps`` > 0 adds the copy pretraining of ``agentrl.copy_pretraining`` (with
+    ``copy_names``, drills that copy made-up names too: the search runs)."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
@@ -300,7 +302,7 @@ def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pret
         if pretrain_steps:
             from agentrl.copy_pretraining import pretrain_copying
 
-            pretrain_copying(model, tokenizer, pretrain_steps, seed)
+            pretrain_copying(model, tokenizer, pretrain_steps, seed, names=copy_names)
     finally:
         torch.random.set_rng_state(rng_state)
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", EOS_TOKEN)]
@@ -364,6 +366,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=0,
                         help="steps of copy pretraining (in-context copying, as a pretrained LLM has); 600 for the CPU demo")
+    parser.add_argument("--copy-names", action="store_true",
+                        help="drills also copy made-up names (question -> <search>, passage -> <answer>), as the "
+                             "search runs need; 1500 steps")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -372,7 +377,8 @@ def cli_main(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    out = init_tiny_model(args.out, size=args.size, seed=args.seed, pretrain_steps=args.pretrain_steps)
+    out = init_tiny_model(args.out, size=args.size, seed=args.seed, pretrain_steps=args.pretrain_steps,
+                          copy_names=args.copy_names)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     from agentrl.copy_pretraining import copy_accuracy, name_copy_accuracy

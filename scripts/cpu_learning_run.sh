@@ -12,21 +12,22 @@
 # with `agentrl serve retrieval` and the episodes query it over loopback, OUT_ROOT (default
 # runs/<task>_learning, runs/cpu_learning for retool), PRETRAIN_STEPS (copy drills: 600 for
 # retool, 1500 for the others, whose made-up names take longer to copy than digits),
-# TINY_MODEL (an `agentrl model init` directory to start from instead of building one),
+# TINY_MODEL (an `agentrl model init` directory to start from instead of building one; the
+# search tasks' models copy names too: `--copy-names`),
 # SFT_STEPS and EVAL_LIMIT (questions per test set) shorten a run (tests/test_learning_runs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:-retool}
 case $TASK in
   retool) SFT=configs/retool_sft_tiny_cpu.yaml; GRPO=configs/retool_learn_cpu.yaml; EVAL_CFG=configs/eval/mul2_cpu.yaml
-          CONTROL_ARGS=(env.kwargs.tool_enabled=false); CONTROL_LABEL="no-tool control"; ROOT=runs/cpu_learning; PRETRAIN_DEFAULT=600 ;;
+          CONTROL_ARGS=(env.kwargs.tool_enabled=false); CONTROL_LABEL="no-tool control"; ROOT=runs/cpu_learning; PRETRAIN_DEFAULT=600; COPY_NAMES= ;;
   search) SFT=configs/search_kb_sft_cpu.yaml; GRPO=configs/search_kb_learn_cpu.yaml; EVAL_CFG=configs/eval/kb_search_cpu.yaml
-          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/search_learning; PRETRAIN_DEFAULT=1500 ;;
+          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/search_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES=--copy-names ;;
   autorefine) SFT=configs/autorefine_kb_sft_cpu.yaml; GRPO=configs/autorefine_kb_learn_cpu.yaml
           EVAL_CFG=configs/eval/kb_autorefine_cpu.yaml
-          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/autorefine_learning; PRETRAIN_DEFAULT=1500 ;;
+          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/autorefine_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES=--copy-names ;;
   tooluse) SFT=configs/tooluse_sft_tiny_cpu.yaml; GRPO=configs/tooluse_learn_cpu.yaml; EVAL_CFG=configs/eval/tooluse_cpu.yaml
-          CONTROL_ARGS=("env.kwargs.tools_enabled=[]"); CONTROL_LABEL="no-tool control"; ROOT=runs/tooluse_learning; PRETRAIN_DEFAULT=1500 ;;
+          CONTROL_ARGS=("env.kwargs.tools_enabled=[]"); CONTROL_LABEL="no-tool control"; ROOT=runs/tooluse_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES=--copy-names ;;
   *) echo "TASK must be retool, search, autorefine or tooluse (got '$TASK')" >&2; exit 2 ;;
 esac
 SEED=${1:-0}; shift || true
@@ -35,7 +36,7 @@ rm -rf "$OUT"  # a fresh run: metrics.jsonl appends across runs otherwise
 export OMP_WAIT_POLICY=PASSIVE
 MODEL=${TINY_MODEL:-$OUT/tiny-model}
 if [ -z "${TINY_MODEL:-}" ]; then
-  agentrl model init --out "$MODEL" --seed "$SEED" --pretrain-steps "${PRETRAIN_STEPS:-$PRETRAIN_DEFAULT}"
+  agentrl model init --out "$MODEL" --seed "$SEED" --pretrain-steps "${PRETRAIN_STEPS:-$PRETRAIN_DEFAULT}" $COPY_NAMES
 fi
 agentrl sft "$SFT" "model.path=$MODEL" "run.output_dir=$OUT/sft" "run.seed=$SEED" "save_to=$OUT/sft-model" \
   ${SFT_STEPS:+"run.steps=$SFT_STEPS"}

@@ -114,13 +114,14 @@ def test_cli(tmp_path):
     assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
 
 
-def test_copy_drill_loss_covers_repeat_and_closing_tag(tok):
+@pytest.mark.parametrize("names", [False, True])
+def test_copy_drill_loss_covers_repeat_and_closing_tag(tok, names):
     import random
 
     from agentrl.copy_pretraining import _second_copy_mask, copy_drill
 
     rng = random.Random(0)
-    drills = [copy_drill(rng) for _ in range(32)]
+    drills = [copy_drill(rng, names) for _ in range(64)]
     enc = tok(drills, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = _second_copy_mask(enc.input_ids, tok)
     for row, m, text in zip(enc.input_ids.tolist(), mask.tolist(), drills):
@@ -146,7 +147,7 @@ def test_longer_copy_pretraining_teaches_copying_made_up_names(tmp_path):
     <search>, as the search task needs (600 steps: 0.03, 1200: 0.72 in a probe of seed 0)."""
     from agentrl.copy_pretraining import copy_accuracy, name_copy_accuracy
 
-    path = init_tiny_model(tmp_path / "m", seed=0, pretrain_steps=1500)
+    path = init_tiny_model(tmp_path / "m", seed=0, pretrain_steps=1500, copy_names=True)
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert name_copy_accuracy(model, tokenizer) >= 0.7 and copy_accuracy(model, tokenizer) >= 0.9
