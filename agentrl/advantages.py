@@ -4,7 +4,8 @@ Every estimator is a small pure function ``fn(rewards[B], group_ids[B], eps=...)
 registered by name with :func:`register_advantage`; the trainer picks one with
 :func:`compute_advantages`. Advantages are per-episode scalars; the trainer broadcasts each over
 the episode's generated (action) tokens. Episodes that share a ``group_ids`` value are rollouts of
-the same prompt.
+the same prompt. ReMax's baseline is not in the group: the trainer passes each episode's greedy
+rollout reward as ``baselines``.
 
 Also here: turn-level (process-reward) advantages, DAPO dynamic-sampling filter and DAPO soft
 overlong penalty. Everything is torch-only, runs under ``no_grad`` and keeps no state.
@@ -147,6 +148,24 @@ def reinforce_pp_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-8
     mu = (w * a).sum() / total
     var = (w * (a - mu) ** 2).sum() / total * total / (total - 1)  # verl's masked_var(unbiased=True)
     return (a - mu) * torch.rsqrt(var + eps)
+
+
+@register_advantage("remax")
+def remax_advantage(rewards: Tensor, group_ids: Tensor, baselines: Tensor | None = None, **_) -> Tensor:
+    """ReMax (Li et al. 2023, arXiv:2310.10505; verl's ``compute_remax_outcome_advantage``):
+
+        A_i = r_i - b_i,     b_i = reward of the greedy (temperature 0) rollout of i's prompt
+
+    broadcast over the episode's trained tokens, no std normalisation. ``baselines[i]``: the
+    greedy reward of episode i's group, gathered to ``[B]`` by the trainer (one extra rollout per
+    prompt, never trained on). Works with any group size, including ReMax's own setting of one.
+    """
+    if baselines is None:
+        raise ValueError("advantage 'remax' needs baselines=Tensor[B]: the greedy rollout's reward for each episode's prompt")
+    b = torch.as_tensor(baselines, device=rewards.device).detach().float()
+    if b.shape != rewards.shape:
+        raise ValueError(f"remax baselines must be [B] like rewards; got {tuple(b.shape)} and {tuple(rewards.shape)}")
+    return rewards - b
 
 
 # ----------------------------------------------------------------------------- turn-level

@@ -120,7 +120,10 @@ class RolloutConfig(_Strict):
 
 
 class AlgorithmConfig(_Strict):
-    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp"] = "grpo"
+    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "remax"] = "grpo"
+    """``remax``: each prompt also gets one greedy rollout (temperature 0, same env and limits, not
+    trained on) whose reward is the baseline: A = r - r_greedy (ReMax, verl's
+    ``compute_remax_outcome_advantage``); its cost is logged as ``remax/greedy_*``."""
     turn_level: bool = False
     """Densify: each turn's tokens get the group-normalised return from that turn on."""
     clip_low: float = Field(0.2, ge=0)
@@ -155,6 +158,21 @@ class AlgorithmConfig(_Strict):
     [1 / mismatch_threshold, mismatch_threshold] from the loss (verl ``rollout_rs``); needs
     ``old_logprobs: recompute``."""
     mismatch_threshold: float = Field(2.0, gt=1)
+
+
+class RewardConfig(_Strict):
+    """Where the episode's correctness reward comes from (any estimator can use either)."""
+
+    source: Literal["gold", "majority_vote"] = "gold"
+    """``gold``: the env scores against the task's ``answer`` / ``answers`` (every row needs one).
+    ``majority_vote`` (TTRL): the group's majority answer is the pseudo-label and replaces the
+    env's ``replaces`` component (1 in the majority class, else 0); rows need no gold, and where
+    one exists the pseudo-label is checked against it (``ttrl/label_accuracy``)."""
+    equivalence: Literal["math", "qa"] = "math"
+    """How answers are pooled into classes: the math grader, or SQuAD-normalised strings (QA)."""
+    replaces: str = "correct"
+    """The env's reward component the pseudo-label reward stands in for (PythonTool: ``correct``;
+    Search / ToolUse: ``em``); its gold value is reported as ``_gold_<replaces>``."""
 
 
 class OptimConfig(_Strict):
@@ -200,6 +218,7 @@ class TrainConfig(_Strict):
     env: EnvConfig = Field(default_factory=EnvConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     engine: Literal["torch", "deepspeed"] = "torch"
@@ -214,8 +233,22 @@ class TrainConfig(_Strict):
         a, r = self.algorithm, self.rollout
         if a.dynamic_sampling and r.group_size < 2:
             raise ValueError("algorithm.dynamic_sampling needs rollout.group_size >= 2 (a group of one is never informative)")
-        if a.advantage != "reinforce_pp" and r.group_size < 2:
+        if a.advantage not in ("reinforce_pp", "remax") and r.group_size < 2:
             raise ValueError(f"algorithm.advantage={a.advantage} is group-relative: set rollout.group_size >= 2")
+        if a.advantage == "remax" and a.dynamic_sampling:
+            raise ValueError("algorithm.dynamic_sampling keeps groups whose sampled rewards differ, but under "
+                             "advantage: remax a group whose rewards are all equal still learns when the greedy "
+                             "baseline's reward differs (A = r - r_greedy): the filter would drop useful groups. "
+                             "Turn dynamic_sampling off with remax")
+        if a.advantage == "remax" and a.turn_level:
+            raise ValueError("algorithm.turn_level is not implemented for advantage: remax (the greedy baseline is "
+                             "one episode reward): set turn_level: false")
+        if self.reward.source == "gold" and self.env.kwargs.get("require_answer") is False:
+            raise ValueError("env.kwargs.require_answer: false lets rows without gold in, but reward.source is gold: "
+                             "they would all score 0. Set reward.source: majority_vote or drop require_answer")
+        if self.reward.source == "majority_vote" and r.group_size < 2:
+            raise ValueError("reward.source: majority_vote votes within a group: with rollout.group_size 1 every "
+                             "answer is its own majority (reward 1). Set rollout.group_size >= 2")
         if a.kl_in_reward and a.kl_coef == 0:
             raise ValueError("algorithm.kl_in_reward is set but algorithm.kl_coef is 0: set kl_coef > 0 or drop kl_in_reward")
         if self.model.reference_path and a.kl_coef == 0:

@@ -3,6 +3,9 @@
 One step: collect groups of episodes -> shape rewards (overlong, KL) -> group-relative
 advantages -> clipped policy loss over generated tokens only -> optimiser step -> push weights
 to the rollout engine -> metrics, checkpoint. Algorithms are chosen by name from registries.
+Right after collection, ``advantage: remax`` adds one greedy rollout per prompt (its reward is the
+baseline; never trained on) and ``reward.source: majority_vote`` replaces the env's correctness
+reward by agreement with the group's majority answer (``agentrl.pseudo_labels``).
 
 Data parallel (``engine: deepspeed`` under ``torchrun`` / ``deepspeed``; the engine's ``rank`` /
 ``world_size``; with ``TorchEngine`` these are 0 / 1 and every reduction is the identity):
@@ -23,6 +26,7 @@ Data parallel (``engine: deepspeed`` under ``torchrun`` / ``deepspeed``; the eng
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +46,7 @@ from agentrl.losses import kl_penalty
 from agentrl.metrics import (MetricsWriter, ProgressBar, rollout_metrics, rollout_metrics_from_sums, rollout_sums,
                              sum_dicts)
 from agentrl.policy_update import PolicyUpdate
+from agentrl.pseudo_labels import apply_majority_vote, ttrl_metrics
 from agentrl.types import Trajectory
 
 log = logging.getLogger("agentrl.trainer")
@@ -118,6 +123,10 @@ class GRPOTrainer:
             max_new_tokens_per_turn=r.max_new_tokens_per_turn, max_total_tokens=r.max_total_tokens,
             max_observation_tokens=r.max_observation_tokens, tool_workers=r.tool_workers,
             temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=cfg.run.seed), env_kwargs=env_kwargs)
+        # ReMax's baseline episodes: same env, engine and limits, greedy (its own env pool: one env per task)
+        self.greedy_collector = Collector(cfg.env.id, self.rollout, dataclasses.replace(
+            self.collector.config, temperature=0.0, top_p=1.0, top_k=0), env_kwargs=env_kwargs) \
+            if cfg.algorithm.advantage == "remax" else None
         self.tasks = self._load_tasks(env_kwargs)
         self.order = np.random.default_rng(cfg.run.seed).permutation(len(self.tasks)).tolist()
         self.step, self.data_pos, self.restores = 0, 0, 0
@@ -135,7 +144,13 @@ class GRPOTrainer:
     def _load_tasks(self, env_kwargs: dict) -> list[dict]:
         import gymnasium as gym
 
-        probe = gym.make(self.cfg.env.id, **env_kwargs)
+        try:
+            probe = gym.make(self.cfg.env.id, **env_kwargs)
+        except ValueError as e:  # PythonTool refuses rows without gold unless told they are expected
+            if self.cfg.reward.source == "majority_vote" and "lacks field" in str(e):
+                raise ValueError(f"{e}; with reward.source: majority_vote rows need no gold: "
+                                 "set env.kwargs.require_answer: false") from None
+            raise
         try:
             return list(probe.unwrapped.tasks)
         finally:
@@ -226,6 +241,7 @@ class GRPOTrainer:
         tries = dropped = 0
         kept_groups = 0  # over all ranks
         next_group = 0  # group ids are unique within the step: each try's groups get fresh ones
+        extra = {"remax": [0.0] * 4, "ttrl": None}  # additive sums, reduced over ranks below
         while tries < (a.max_sampling_tries if a.dynamic_sampling else 1):
             need = r.tasks_per_step - kept_groups
             if need <= 0:
@@ -234,6 +250,7 @@ class GRPOTrainer:
             tasks = self._next_tasks(need)[self.rank::self.world_size]
             seed = (self.step * 1000 + tries) * self.world_size + self.rank
             batch = self.collector.collect(tasks, r.group_size, seed=seed) if tasks else []
+            self._score_groups(tasks, batch, seed, extra)
             tries += 1
             for t in batch:
                 t.group_id += next_group
@@ -253,16 +270,59 @@ class GRPOTrainer:
                 kept_groups, dropped = len(kept) // r.group_size, dropped + local_dropped
         stats = {"sampling/tries": float(tries), "sampling/dropped_groups": float(dropped),
                  "sampling/groups": float(kept_groups)}
-        return kept, stats
+        return kept, {**stats, **self._score_metrics(extra)}
+
+    def _score_groups(self, tasks: list[dict], batch: list[Trajectory], seed: int, extra: dict) -> None:
+        """Before any filtering: the pseudo-label rewards (``reward.source: majority_vote``) and
+        the ReMax greedy baselines (``t.info["remax_baseline"]``) of one collect call's groups
+        (group ids still index ``tasks``). Adds their sums to ``extra``."""
+        greedy: list[Trajectory] = []
+        if self.greedy_collector is not None and tasks:
+            start = time.perf_counter()
+            greedy = self.greedy_collector.collect(tasks, 1, seed=seed)
+            elapsed = time.perf_counter() - start
+        if self.cfg.reward.source == "majority_vote" and tasks:
+            rc = self.cfg.reward
+            sums = apply_majority_vote(batch, tasks, rc.equivalence, rc.replaces, greedy=greedy)
+            extra["ttrl"] = sum_dicts([extra["ttrl"] or {}, sums])
+        if greedy:
+            baselines = {g.group_id: g.reward + self._overlong_penalty(g) for g in greedy}
+            for t in batch:
+                t.info["remax_baseline"] = baselines[t.group_id]
+            extra["remax"] = [a + b for a, b in zip(extra["remax"], [sum(baselines.values()), float(len(greedy)),
+                                                                      float(sum(g.n_generated for g in greedy)), elapsed])]
+
+    def _score_metrics(self, extra: dict) -> dict:
+        """``remax/greedy_*`` (the baseline's cost: its reward, generated tokens and generation wall
+        time, this step) and ``ttrl/*`` metrics, over all ranks."""
+        out = {}
+        if self.greedy_collector is not None:
+            reward, n, tokens, seconds = self._reduced(extra["remax"])
+            out.update({"remax/greedy_reward_mean": reward / max(n, 1.0), "remax/greedy_tokens": tokens,
+                        "remax/greedy_time_s": seconds / self.world_size})  # ranks generate in parallel: their mean
+        if self.cfg.reward.source == "majority_vote":
+            keys = ("groups", "ratio", "gold_groups", "label_correct", "gold_episodes", "agree", "gold_reward")
+            sums = extra["ttrl"] or {}
+            out.update(ttrl_metrics(dict(zip(keys, self._reduced([sums.get(k, 0.0) for k in keys])))))
+        return out
+
+    def _reduced(self, values: list[float]) -> list[float]:
+        return values if self.world_size == 1 else self.engine.all_reduce_sum(values)
+
+    def _overlong_penalty(self, t: Trajectory) -> float:
+        """DAPO's soft overlong penalty of one episode (0 unless ``overlong: penalty``)."""
+        a = self.cfg.algorithm
+        if a.overlong != "penalty":
+            return 0.0
+        resp = torch.tensor([len(t.input_ids) - t.prompt_len])
+        max_len = self.cfg.rollout.max_total_tokens - t.prompt_len
+        return float(adv_lib.soft_overlong_penalty(resp, max_len, min(a.overlong_cache, max_len), a.overlong_penalty)[0])
 
     def _shaped_rewards(self, trajs: list[Trajectory], ref) -> torch.Tensor:
+        """Env (or pseudo-label) reward + overlong penalty - KL (``kl_in_reward``). A ReMax baseline
+        gets the same overlong penalty but no KL term (it has no reference forward, as in verl)."""
         a = self.cfg.algorithm
-        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
-        if a.overlong == "penalty" and trajs:
-            for i, t in enumerate(trajs):
-                resp = torch.tensor([len(t.input_ids) - t.prompt_len])
-                max_len = self.cfg.rollout.max_total_tokens - t.prompt_len
-                rewards[i] += adv_lib.soft_overlong_penalty(resp, max_len, min(a.overlong_cache, max_len), a.overlong_penalty)[0]
+        rewards = torch.tensor([t.reward + self._overlong_penalty(t) for t in trajs], dtype=torch.float32)
         if a.kl_in_reward and ref is not None:
             rewards -= a.kl_coef * ref["seq_kl"]
         return rewards
@@ -284,7 +344,9 @@ class GRPOTrainer:
         a = self.cfg.algorithm
         groups = torch.tensor([t.group_id for t in trajs])
         if not a.turn_level:
-            per_episode = adv_lib.compute_advantages(a.advantage, rewards, groups, token_counts=batch["loss_mask"].sum(-1))
+            extra = {"baselines": torch.tensor([t.info["remax_baseline"] for t in trajs])} if a.advantage == "remax" else {}
+            per_episode = adv_lib.compute_advantages(a.advantage, rewards, groups, token_counts=batch["loss_mask"].sum(-1),
+                                                     **extra)
             return per_episode[:, None] * batch["loss_mask"]
         turn_rewards = [[turn.reward for turn in t.turns] for t in trajs]
         outcome = rewards - torch.tensor([sum(tr) for tr in turn_rewards])
@@ -409,6 +471,8 @@ class GRPOTrainer:
 
     def close(self) -> None:
         self.collector.close()
+        if self.greedy_collector is not None:
+            self.greedy_collector.close()
 
 
 def _rewards_groups(trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,8 @@
 The model writes ``<code>```python ...```</code>``, the sandbox runs it in a session that keeps
 its variables for the episode, and the output comes back as ``<interpreter>...</interpreter>``.
 The episode ends at ``<answer>`` (or ``\\boxed{}``); reward 1 for a mathematically equal answer.
+With ``require_answer=False`` rows without an ``answer`` are accepted and score no ``correct``
+component: label-free training (``reward.source: majority_vote``) supplies it.
 """
 from __future__ import annotations
 
@@ -54,10 +56,12 @@ class PythonToolEnv(ToolEnv):
         limit: int | None = None,
         render_mode: str | None = None,
         max_parallel_calls: int = 4,
+        require_answer: bool = True,
     ):
         if tool_format not in FORMATS:
             raise ValueError(f"tool_format must be one of {sorted(FORMATS)}, got {tool_format!r}")
-        tasks = load_jsonl(dataset, limit=limit, require=("question", "answer")) if isinstance(dataset, str) else list(dataset)
+        required = ("question", "answer") if require_answer else ("question",)
+        tasks = load_jsonl(dataset, limit=limit, require=required) if isinstance(dataset, str) else list(dataset)
         self._owns_sandbox = isinstance(sandbox, str) and tool_enabled
         if self._owns_sandbox:
             from agentrl.sandbox import make_sandbox
@@ -81,8 +85,7 @@ class PythonToolEnv(ToolEnv):
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": task["question"]}]
 
     def score(self, answer: str | None, task: dict) -> dict[str, float]:
-        correct = float(math_equal(answer, str(task["answer"])))
-        components = {"correct": correct}
+        components = {"correct": float(math_equal(answer, str(task["answer"])))} if "answer" in task else {}
         if self.format_reward:
             components["format"] = self.format_reward * float(answer is not None)
         return components

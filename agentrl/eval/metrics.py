@@ -27,8 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agentrl.math_grader import math_equal, normalize_math_answer
-from agentrl.rewards import cover_exact_match, exact_match, f1_score, normalize_answer
+from agentrl.math_grader import math_equal
+from agentrl.pseudo_labels import answer_classes
+from agentrl.rewards import cover_exact_match, exact_match, f1_score
 
 HEADLINE = {"math": "avg@{k}", "qa": "em"}
 _TOOL_ERROR_RE = re.compile(r"(?m)^\s*(Traceback \(most recent call last\)|[A-Za-z_.]*Error: )")
@@ -49,22 +50,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def majority_correct(answers: Sequence[str | None], correct: Sequence[bool], kind: str) -> float:
     """1.0 when the majority answer (equivalent answers pooled) is a correct one."""
-    clusters: list[list[int]] = []  # sample indices, in order of first appearance
-    keys: list[str] = []
-    for i, a in enumerate(answers):
-        if a is None:
-            continue
-        key = normalize_math_answer(a) if kind == "math" else normalize_answer(a)
-        for cluster, other in zip(clusters, keys):
-            if key == other or (kind == "math" and math_equal(key, other, normalize=False)):
-                cluster.append(i)
-                break
-        else:
-            clusters.append([i])
-            keys.append(key)
-    if not clusters:
+    # the grader's default include_percentage (50 equals 0.5), as the reference's maj@k
+    classes = answer_classes(answers, kind, include_percentage=True)
+    if not classes:
         return 0.0
-    best = max(clusters, key=len)  # max keeps the first of equally large clusters
+    best = max(classes, key=len)  # max keeps the first of equally large classes
     return float(correct[best[0]])
 
 
