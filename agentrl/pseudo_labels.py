@@ -27,7 +27,7 @@ from typing import Any, Literal, Sequence
 
 from agentrl.math_grader import math_equal, normalize_math_answer
 from agentrl.rewards import exact_match, normalize_answer
-from agentrl.types import Trajectory
+from agentrl.types import StopReason, Trajectory
 
 Kind = Literal["math", "qa"]
 __all__ = ["Vote", "answer_classes", "majority_vote", "agrees_with_gold", "final_answer", "gold_of",
@@ -148,8 +148,9 @@ def apply_majority_vote(trajs: Sequence[Trajectory], tasks: Sequence[dict], kind
 def _replace_component(t: Trajectory, component: str, pseudo: float, gold: Any) -> float | None:
     """Swap the env's gold-scored ``component`` for ``pseudo`` in ``t.reward``; the gold value (None
     when the task has no gold) moves to ``_gold_<component>``."""
-    if gold is None:
-        old = t.reward_components.pop(component, 0.0)  # an env may score a missing gold as 0
+    if gold is None or (component not in t.reward_components and t.stop_reason == StopReason.ERROR):
+        # no gold, or an episode an infrastructure error ended before the env scored it
+        old = t.reward_components.pop(component, 0.0)
         gold_value = None
     else:
         if component not in t.reward_components:

@@ -91,6 +91,14 @@ def test_a_component_the_env_does_not_give_is_a_clear_error():
         apply_majority_vote([episode("1", 0, correct=1), episode("1", 0, correct=1)], [{"answer": "1"}], "math", "em")
 
 
+def test_an_episode_ended_by_an_infrastructure_error_is_scored_without_gold():
+    broken = episode(None, 0)
+    broken.stop_reason = StopReason.ERROR  # env.step raised: no answer, and the env never scored it
+    m = ttrl_metrics(apply_majority_vote([episode("5", 0, correct=1), broken], [{"answer": "5"}], "math", "correct"))
+    assert broken.reward == 0.0 and "_gold_correct" not in broken.reward_components
+    assert m["ttrl/reward_vs_gold_agreement"] == 1.0  # over the one episode the env scored
+
+
 def test_qa_label_accuracy_uses_exact_match_against_any_gold():
     tasks = [{"answers": ["Paris", "City of Light"]}]
     trajs = [episode("the paris", 0, correct=1), episode("Paris.", 0, correct=1), episode("Rome", 0, correct=0)]

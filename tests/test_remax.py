@@ -130,3 +130,28 @@ def test_two_step_run_reports_the_greedy_cost_and_uses_its_reward(tmp_path):
         assert record["sampling/groups"] == 2  # only the sampled episodes are trained on
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all("remax/greedy_time_s" in x for x in lines)
+
+
+@pytest.mark.vllm
+def test_vllm_temperature_zero_is_greedy_like_hf():
+    """The vLLM engine honours temperature 0 too (its own venv: scripts/setup_vllm_venv.sh):
+    VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m pytest -m vllm tests/test_remax.py"""
+    pytest.importorskip("vllm")
+    import os
+
+    from agentrl.engines import make_engine
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    path = cached_tiny_model()
+    hf = HFEngine(path)
+    tok = hf.tokenizer
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                  tokenize=False), add_special_tokens=False)
+               for q in ("What is 12 * 34?", "What is 56 * 78?")]
+    engine = make_engine("vllm", str(path), enforce_eager=True, seed=0, dtype="float32", per_request_seed=True)
+    try:
+        a, b = (engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=16, seed=s)) for s in (1, 2))
+    finally:
+        engine.close()
+    expected = hf.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=16))
+    assert [c.token_ids for c in a] == [c.token_ids for c in b] == [c.token_ids for c in expected]
