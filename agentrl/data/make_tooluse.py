@@ -69,12 +69,12 @@ def scripted_calls(task: dict, search_output: str | None = None) -> list[tuple[s
     """The right calls for the task's kind; ``both`` multiplies the year the search returned
     (read from the passage, as the model must), so ``search_output`` is needed for its second call.
 
-    The query is the question itself, as Search-R1-style agents often search: the model copies a
-    whole line without having to find where a made-up name starts and ends, and BM25 ranks the
-    right paragraph first for every train question (the names are the rare words)."""
+    The query is the task's entity, the made-up name cut out of the question: the skill
+    ``agentrl model init --copy-names`` drills (a question's name into a search call). BM25 ranks
+    the entity's paragraph first for every train task."""
     if task["kind"] == "arithmetic":
         return [("python", {"code": f"print({task['a']} * {task['b']})"})]
-    calls = [("search", {"query": task["question"]})]
+    calls = [("search", {"query": task["entity"]})]
     if task["kind"] == "lookup":
         return calls
     if search_output is not None:
