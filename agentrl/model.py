@@ -282,10 +282,11 @@ def model_config(size: str, tokenizer):
 
 
 def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pretrain_steps: int = 0,
-                    copy_names: bool = False) -> Path:
+                    copy_names: bool = False, copy_target: float | None = None, max_extra_steps: int = 4000) -> Path:
     """Build tokenizer + randomly initialised Qwen2 causal LM into ``out_dir``; returns the path.
     ``pretrain_steps`` > 0 adds the copy pretraining of ``agentrl.copy_pretraining`` (with
-    ``copy_names``, drills that copy made-up names too: the search runs)."""
+    ``copy_names``, drills that copy made-up names too: the search runs); ``copy_target`` then
+    drills on (at most ``max_extra_steps`` more) until greedy copy accuracy reaches it."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
@@ -303,6 +304,10 @@ def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pret
             from agentrl.copy_pretraining import pretrain_copying
 
             pretrain_copying(model, tokenizer, pretrain_steps, seed, names=copy_names)
+            if copy_target is not None:
+                from agentrl.copy_pretraining import pretrain_until
+
+                pretrain_until(model, tokenizer, copy_target, seed, max_extra_steps, names=copy_names)
     finally:
         torch.random.set_rng_state(rng_state)
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", EOS_TOKEN)]
@@ -369,6 +374,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copy-names", action="store_true",
                         help="drills also copy made-up names (question -> <search>, passage -> <answer>), as the "
                              "search runs need; 1500 steps")
+    parser.add_argument("--copy-target", type=float, default=None,
+                        help="after --pretrain-steps, drill on in chunks of 100 steps until greedy copy accuracy "
+                             "(and name copy accuracy with --copy-names) reaches this, e.g. 0.8 (some seeds need more)")
+    parser.add_argument("--max-extra-steps", type=int, default=4000, help="cap on the steps --copy-target adds")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -378,7 +387,8 @@ def cli_main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = init_tiny_model(args.out, size=args.size, seed=args.seed, pretrain_steps=args.pretrain_steps,
-                          copy_names=args.copy_names)
+                          copy_names=args.copy_names, copy_target=args.copy_target,
+                          max_extra_steps=args.max_extra_steps)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     from agentrl.copy_pretraining import copy_accuracy, name_copy_accuracy
