@@ -14,7 +14,8 @@
 # retool, 1500 for the others, whose made-up names take longer to copy than digits),
 # TINY_MODEL (an `agentrl model init` directory to start from instead of building one; the
 # search tasks' models copy names too: `--copy-names --copy-target 0.8`),
-# SFT_STEPS and EVAL_LIMIT (questions per test set) shorten a run (tests/test_learning_runs.py).
+# SFT_STEPS and EVAL_LIMIT (questions per test set) shorten a run (tests/test_learning_runs.py),
+# COPY_TARGET (search tasks: copy drills go on until this greedy copy accuracy, default 0.8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:-retool}
@@ -22,12 +23,12 @@ case $TASK in
   retool) SFT=configs/retool_sft_tiny_cpu.yaml; GRPO=configs/retool_learn_cpu.yaml; EVAL_CFG=configs/eval/mul2_cpu.yaml
           CONTROL_ARGS=(env.kwargs.tool_enabled=false); CONTROL_LABEL="no-tool control"; ROOT=runs/cpu_learning; PRETRAIN_DEFAULT=600; COPY_NAMES= ;;
   search) SFT=configs/search_kb_sft_cpu.yaml; GRPO=configs/search_kb_learn_cpu.yaml; EVAL_CFG=configs/eval/kb_search_cpu.yaml
-          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/search_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target 0.8" ;;
+          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/search_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target ${COPY_TARGET-0.8}" ;;
   autorefine) SFT=configs/autorefine_kb_sft_cpu.yaml; GRPO=configs/autorefine_kb_learn_cpu.yaml
           EVAL_CFG=configs/eval/kb_autorefine_cpu.yaml
-          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/autorefine_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target 0.8" ;;
+          CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/autorefine_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target ${COPY_TARGET-0.8}" ;;
   tooluse) SFT=configs/tooluse_sft_tiny_cpu.yaml; GRPO=configs/tooluse_learn_cpu.yaml; EVAL_CFG=configs/eval/tooluse_cpu.yaml
-          CONTROL_ARGS=("env.kwargs.tools_enabled=[]"); CONTROL_LABEL="no-tool control"; ROOT=runs/tooluse_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target 0.8" ;;
+          CONTROL_ARGS=("env.kwargs.tools_enabled=[]"); CONTROL_LABEL="no-tool control"; ROOT=runs/tooluse_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target ${COPY_TARGET-0.8}" ;;
   *) echo "TASK must be retool, search, autorefine or tooluse (got '$TASK')" >&2; exit 2 ;;
 esac
 SEED=${1:-0}; shift || true
