@@ -126,34 +126,28 @@ def copy_accuracy(model, tokenizer, n: int = 64, seed: int = 1234) -> float:
     """Greedy exact-match rate of copying a fresh 1-6 digit number from ``<interpreter>`` into
     ``<answer>`` after a question with other numbers, closing tag included: the skill the CPU
     learning run depends on."""
-    import torch
-
     rng = random.Random(seed)
     numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(1, 6))) for _ in range(n)]
     prompts = [
         f"What is {rng.randint(10, 99)} * {rng.randint(10, 99)}?\n<interpreter>\n{d}\n</interpreter>\n<answer>"
         for d in numbers
     ]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:])
-    return sum(t.startswith(d + "</answer>") for t, d in zip(texts, numbers)) / n
+    return _greedy_match_rate(model, tokenizer, prompts, [d + "</answer>" for d in numbers], max_new_tokens=8)
 
 
 def name_copy_accuracy(model, tokenizer, n: int = 64, seed: int = 4321) -> float:
     """Greedy exact-match rate of copying a fresh made-up name from a question into ``<search>``
     (closing tag included): the skill the CPU search runs depend on."""
-    import torch
-
     rng = random.Random(seed)
     names = [made_up_name(rng) for _ in range(n)]
     prompts = [f"In which city was {name} born?\n<search>" for name in names]
+    return _greedy_match_rate(model, tokenizer, prompts, [f" {name} </search>" for name in names], max_new_tokens=24)
+
+
+def _greedy_match_rate(model, tokenizer, prompts: list[str], expected: list[str], max_new_tokens: int) -> float:
+    """Share of prompts whose greedy continuation starts with the expected text."""
+    import torch
+
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -161,9 +155,9 @@ def name_copy_accuracy(model, tokenizer, n: int = 64, seed: int = 4321) -> float
     finally:
         tokenizer.padding_side = side
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:])
-    return sum(t.startswith(f" {name} </search>") for t, name in zip(texts, names)) / n
+    return sum(t.startswith(e) for t, e in zip(texts, expected)) / len(prompts)
 
 
 def _second_copy_mask(ids, tokenizer):

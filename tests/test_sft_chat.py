@@ -20,29 +20,9 @@ from agentrl.data import load_jsonl
 from agentrl.engines.hf import HFEngine
 from agentrl.model import cached_tiny_model
 from agentrl.sft import SFTConfig, encode_trace, sft
+from test_qwen_templates import ScriptedLM  # the tiny model's real forward forced onto a script of ids
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
-
-
-class ScriptedLM(torch.nn.Module):
-    """The tiny model's real forward with its logits forced onto a script of ids, so HFEngine's
-    real decode loop samples exactly the trace's assistant turns, each ``<|im_end|>`` included."""
-
-    def __init__(self, inner, script):
-        super().__init__()
-        self.inner, self.script, self.calls = inner, list(script), 0
-        self.config = inner.config
-        forward = functools.partial(ScriptedLM._forward, self)
-        forward.__wrapped__ = inner.forward  # HFEngine reads the forward signature (cache argument name)
-        self.forward = forward
-
-    def _forward(self, *args, **kwargs):
-        out = self.inner(*args, **kwargs)
-        forced = torch.full_like(out.logits, -1e4)
-        forced[..., self.script[min(self.calls, len(self.script) - 1)]] = 0.0
-        self.calls += 1
-        out.logits = forced
-        return out
 
 
 @functools.lru_cache(maxsize=None)
