@@ -46,7 +46,7 @@ from agentrl.losses import kl_penalty
 from agentrl.metrics import (MetricsWriter, ProgressBar, rollout_metrics, rollout_metrics_from_sums, rollout_sums,
                              sum_dicts)
 from agentrl.policy_update import PolicyUpdate
-from agentrl.pseudo_labels import apply_majority_vote, ttrl_metrics
+from agentrl.group_scoring import GroupScorer
 from agentrl.types import Trajectory
 
 log = logging.getLogger("agentrl.trainer")
@@ -127,6 +127,7 @@ class GRPOTrainer:
         self.greedy_collector = Collector(cfg.env.id, self.rollout, dataclasses.replace(
             self.collector.config, temperature=0.0, top_p=1.0, top_k=0), env_kwargs=env_kwargs) \
             if cfg.algorithm.advantage == "remax" else None
+        self.scorer = GroupScorer(cfg, self.greedy_collector, self._overlong_penalty, self._reduced, self.world_size)
         self.tasks = self._load_tasks(env_kwargs)
         self.order = np.random.default_rng(cfg.run.seed).permutation(len(self.tasks)).tolist()
         self.step, self.data_pos, self.restores = 0, 0, 0
@@ -241,7 +242,7 @@ class GRPOTrainer:
         tries = dropped = 0
         kept_groups = 0  # over all ranks
         next_group = 0  # group ids are unique within the step: each try's groups get fresh ones
-        extra = {"remax": [0.0] * 4, "ttrl": None}  # additive sums, reduced over ranks below
+        self.scorer.reset()
         while tries < (a.max_sampling_tries if a.dynamic_sampling else 1):
             need = r.tasks_per_step - kept_groups
             if need <= 0:
@@ -250,7 +251,7 @@ class GRPOTrainer:
             tasks = self._next_tasks(need)[self.rank::self.world_size]
             seed = (self.step * 1000 + tries) * self.world_size + self.rank
             batch = self.collector.collect(tasks, r.group_size, seed=seed) if tasks else []
-            self._score_groups(tasks, batch, seed, extra)
+            self.scorer.score(tasks, batch, seed)
             tries += 1
             for t in batch:
                 t.group_id += next_group
@@ -270,41 +271,7 @@ class GRPOTrainer:
                 kept_groups, dropped = len(kept) // r.group_size, dropped + local_dropped
         stats = {"sampling/tries": float(tries), "sampling/dropped_groups": float(dropped),
                  "sampling/groups": float(kept_groups)}
-        return kept, {**stats, **self._score_metrics(extra)}
-
-    def _score_groups(self, tasks: list[dict], batch: list[Trajectory], seed: int, extra: dict) -> None:
-        """Before any filtering: the pseudo-label rewards (``reward.source: majority_vote``) and
-        the ReMax greedy baselines (``t.info["remax_baseline"]``) of one collect call's groups
-        (group ids still index ``tasks``). Adds their sums to ``extra``."""
-        greedy: list[Trajectory] = []
-        if self.greedy_collector is not None and tasks:
-            start = time.perf_counter()
-            greedy = self.greedy_collector.collect(tasks, 1, seed=seed)
-            elapsed = time.perf_counter() - start
-        if self.cfg.reward.source == "majority_vote" and tasks:
-            rc = self.cfg.reward
-            sums = apply_majority_vote(batch, tasks, rc.equivalence, rc.replaces, greedy=greedy)
-            extra["ttrl"] = sum_dicts([extra["ttrl"] or {}, sums])
-        if greedy:
-            baselines = {g.group_id: g.reward + self._overlong_penalty(g) for g in greedy}
-            for t in batch:
-                t.info["remax_baseline"] = baselines[t.group_id]
-            extra["remax"] = [a + b for a, b in zip(extra["remax"], [sum(baselines.values()), float(len(greedy)),
-                                                                      float(sum(g.n_generated for g in greedy)), elapsed])]
-
-    def _score_metrics(self, extra: dict) -> dict:
-        """``remax/greedy_*`` (the baseline's cost: its reward, generated tokens and generation wall
-        time, this step) and ``ttrl/*`` metrics, over all ranks."""
-        out = {}
-        if self.greedy_collector is not None:
-            reward, n, tokens, seconds = self._reduced(extra["remax"])
-            out.update({"remax/greedy_reward_mean": reward / max(n, 1.0), "remax/greedy_tokens": tokens,
-                        "remax/greedy_time_s": seconds / self.world_size})  # ranks generate in parallel: their mean
-        if self.cfg.reward.source == "majority_vote":
-            keys = ("groups", "ratio", "gold_groups", "label_correct", "gold_episodes", "agree", "gold_reward")
-            sums = extra["ttrl"] or {}
-            out.update(ttrl_metrics(dict(zip(keys, self._reduced([sums.get(k, 0.0) for k in keys])))))
-        return out
+        return kept, {**stats, **self.scorer.metrics()}
 
     def _reduced(self, values: list[float]) -> list[float]:
         return values if self.world_size == 1 else self.engine.all_reduce_sum(values)
@@ -471,8 +438,7 @@ class GRPOTrainer:
 
     def close(self) -> None:
         self.collector.close()
-        if self.greedy_collector is not None:
-            self.greedy_collector.close()
+        self.scorer.close()
 
 
 def _rewards_groups(trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:

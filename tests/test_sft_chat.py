@@ -4,13 +4,11 @@ to the ids and loss mask of the rollout a scripted policy makes through the real
 ``<|im_end|>`` closing each assistant turn has loss mask 1."""
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 import agentrl  # noqa: F401  (registers the shipped envs)
@@ -18,21 +16,10 @@ from agentrl.collector import Collector, CollectorConfig
 from agentrl.config import load_config
 from agentrl.data import load_jsonl
 from agentrl.engines.hf import HFEngine
-from agentrl.model import cached_tiny_model
 from agentrl.sft import SFTConfig, encode_trace, sft
-from test_qwen_templates import ScriptedLM  # the tiny model's real forward forced onto a script of ids
+from test_qwen_templates import ScriptedLM, tiny_model, tiny_path  # noqa: F401 (tiny_model: a fixture)
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_path() -> Path:
-    return cached_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    return HFEngine(tiny_path(), num_threads=1).model
 
 
 def tokenizer(template: str):
