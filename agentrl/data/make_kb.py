@@ -47,17 +47,6 @@ def _word(rng: random.Random, syllables: int) -> str:
     return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables)).capitalize()
 
 
-def _unique_names(rng: random.Random, n: int, make) -> list[str]:
-    names: list[str] = []
-    seen: set[str] = set()
-    while len(names) < n:
-        name = make()
-        if name not in seen:
-            seen.add(name)
-            names.append(name)
-    return names
-
-
 def build_kb(seed: int = 0) -> dict:
     """People (birth city and year, occupation), cities, organisations (founder, year, city)."""
     rng = random.Random(seed)
@@ -196,21 +185,26 @@ def search_traces(rows: list[dict], retriever, kb: dict, style: str, prompt: str
     return traces
 
 
+def splits(seed: int = 0) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """The knowledge base and its questions: ``(kb, warm_start, train, test)``. The warm start and
+    GRPO (``train``) see different train-split questions, so answers the SFT traces state at once
+    are never reward for answering without a search in GRPO; ``test`` holds the held-out entities."""
+    kb = build_kb(seed)
+    test_orgs, test_people = split_entities(kb, seed + 1)
+    qa = questions(kb, test_orgs, test_people)
+    train = number_rows(random.Random(seed + 2).sample(qa["train"], len(qa["train"])), "kb-train")
+    test = [{**row, "heldout": True} for row in number_rows(qa["test"], "kb-test")]  # evaluation only
+    return kb, train[: len(train) // 2], train[len(train) // 2:], test
+
+
 def main(out_dir: Path | None = None, seed: int = 0) -> None:
     from agentrl.retrieval.base import Passage
     from agentrl.retrieval.bm25 import BM25Retriever
 
     here = Path(out_dir or Path(__file__).parent)
-    kb = build_kb(seed)
+    kb, sft_rows, train, test = splits(seed)
     corpus = corpus_rows(kb)
     write_jsonl(here / "kb_corpus.jsonl", corpus)
-    test_orgs, test_people = split_entities(kb, seed + 1)
-    qa = questions(kb, test_orgs, test_people)
-    train = number_rows(random.Random(seed + 2).sample(qa["train"], len(qa["train"])), "kb-train")
-    test = [{**row, "heldout": True} for row in number_rows(qa["test"], "kb-test")]  # evaluation only
-    # the warm start and GRPO see different questions: answers the SFT traces state at once are
-    # never reward for answering without a search in GRPO
-    sft_rows, train = train[: len(train) // 2], train[len(train) // 2:]
     write_jsonl(here / "kb_train.jsonl", train)
     write_jsonl(here / "kb_test_1hop.jsonl", [r for r in test if r["hops"] == 1])
     write_jsonl(here / "kb_test_2hop.jsonl", [r for r in test if r["hops"] == 2])

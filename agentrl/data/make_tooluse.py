@@ -15,13 +15,12 @@ for unseen entities and products: GRPO has to find that the tools pay.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from pathlib import Path
 
-from agentrl.data import load_jsonl
-from agentrl.data.make_kb import build_kb, number_rows, questions, split_entities, tooluse_rows
+from agentrl.data import load_jsonl, write_jsonl
+from agentrl.data.make_kb import splits, tooluse_rows
 
 OUT_NAME = "kb_tooluse_sft.jsonl.gz"
 N_TRACES = 510
@@ -31,20 +30,9 @@ TOPK = 1
 """Passages per search in the traces: configs/tooluse_*_cpu.yaml use the same ``topk``."""
 
 
-def warm_start_questions(seed: int = 0) -> tuple[dict, list[dict]]:
-    """The knowledge base and the train-split questions ``make_kb`` keeps for warm starts (the
-    half of its shuffled train split that ``kb_train.jsonl`` and ``kb_tooluse_train.jsonl`` do
-    not draw from), with the same seeds as ``make_kb.main``."""
-    kb = build_kb(seed)
-    test_orgs, test_people = split_entities(kb, seed + 1)
-    train = questions(kb, test_orgs, test_people)["train"]
-    train = number_rows(random.Random(seed + 2).sample(train, len(train)), "kb-train")
-    return kb, train[: len(train) // 2]
-
-
 def fresh_tasks(n: int = N_TRACES, seed: int = 0) -> list[dict]:
     """``n`` ToolUse tasks (a third of each kind) that no shipped ToolUse train or test file holds."""
-    kb, warm = warm_start_questions(seed)
+    kb, warm, _, _ = splits(seed)  # the warm-start half, which no ToolUse train or test row draws from
     taken = {r["question"] for name in ("train", "test_lookup", "test_arithmetic", "test_both")
              for r in load_jsonl(f"package:kb_tooluse_{name}.jsonl")}
     rows, seen = [], set(taken)
@@ -120,15 +108,9 @@ def build_traces(n: int = N_TRACES, seed: int = 0, topk: int = TOPK) -> list[dic
         env.close()
 
 
-def write_gzip_jsonl(path: Path, rows: list[dict]) -> None:
-    """gzip without a timestamp: the same rows give the same bytes (a rerun leaves git clean)."""
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
-
-
 def main(out_dir: Path | None = None, seed: int = 0) -> Path:
     out = Path(out_dir or Path(__file__).parent) / OUT_NAME
-    write_gzip_jsonl(out, build_traces(seed=seed))
+    write_jsonl(out, build_traces(seed=seed))
     return out
 
 
