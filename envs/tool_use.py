@@ -53,32 +53,21 @@ class DisabledTool:
         return f"Error: the {self.name} tool is disabled in this environment"
 
 
-class SharedRetriever:
-    """One retriever searched from many threads (the collector runs tool calls in a pool): a
-    lock around ``search``, since the BM25 query tokeniser's stemmer is not thread-safe."""
-
-    def __init__(self, retriever):
-        self.retriever, self._lock = retriever, threading.Lock()
-
-    def search(self, queries: list[str], k: int):
-        with self._lock:
-            return self.retriever.search(queries, k)
-
-
 _build_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
-def _corpus_bm25(corpus: str) -> SharedRetriever:
+def _corpus_bm25(corpus: str):
     from agentrl.retrieval.base import iter_corpus
     from agentrl.retrieval.bm25 import BM25Retriever
 
-    return SharedRetriever(BM25Retriever(list(iter_corpus(corpus))))
+    return BM25Retriever(list(iter_corpus(corpus)))
 
 
-def corpus_retriever(corpus: str) -> SharedRetriever:
+def corpus_retriever(corpus: str):
     """One in-memory BM25 index per corpus, shared by every env of the process (a trainer holds
-    one env per episode of a step: 64 copies of the index would be 64 builds)."""
+    one env per episode of a step: 64 copies of the index would be 64 builds; BM25Retriever is
+    safe to search from the collector's threads)."""
     with _build_lock:  # collectors build envs from several threads
         return _corpus_bm25(corpus)
 

@@ -62,6 +62,26 @@ def test_bm25_title_query_ranks_that_paragraph_first(bm25_index):
     assert r.search([], 3) == []
 
 
+def test_bm25_searched_from_many_threads_answers_as_one_thread():
+    """The collector's tool threads share one index (ToolUse-v0, an eval suite); a PyStemmer
+    instance "must not be called concurrently" (its docstring), so BM25Retriever serialises its
+    searches. This checks the answers, not the race (which did not show in a 32-thread probe);
+    deep copies (gymnasium's check_env makes them) get a lock of their own."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agentrl.data import load_jsonl
+    from agentrl.retrieval.bm25 import BM25Retriever
+
+    retriever = BM25Retriever([Passage.from_document(r) for r in load_jsonl("package:kb_corpus.jsonl")])
+    queries = [p.title + " founded born running cities" for p in retriever.passages[:200]]
+    serial = [retriever.search([q], 3)[0] for q in queries]
+    with ThreadPoolExecutor(16) as pool:
+        threaded = list(pool.map(lambda q: retriever.search([q], 3)[0], queries))
+    assert threaded == serial
+    assert copy.deepcopy(retriever).search(queries[:5], 3) == serial[:5]
+
+
 def test_manifest_records_the_build(bm25_index, shared_data):
     m = json.loads((bm25_index / "manifest.json").read_text())
     assert m["kind"] == "bm25" and m["count"] == 300 and len(m["corpus_sha256"]) == 64 and m["created"]

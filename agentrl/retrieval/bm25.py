@@ -5,6 +5,7 @@ row sum instead of rank_bm25's Python loop over every document.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +53,9 @@ class BM25Retriever:
         self.passages = list(passages)
         self.stemmer, self.stopwords = stemmer, stopwords
         self._tokenize = make_tokenizer(stemmer, stopwords)
+        # one retriever is often searched from many threads (the collector's tool pool, an eval
+        # suite's shared index); a PyStemmer instance "must not be called concurrently"
+        self._lock = threading.Lock()
         if _model is None:
             _model = bm25s.BM25(k1=k1, b=b)
             # Titles carry much of a paragraph's identity in multi-hop QA: index them with the text.
@@ -62,6 +66,10 @@ class BM25Retriever:
         if not queries:
             return []
         k = max(1, min(k, len(self.passages)))
+        with self._lock:
+            return self._search(queries, k)
+
+    def _search(self, queries: list[str], k: int) -> list[list[Passage]]:
         tokens = self._tokenize(list(queries), vocab=True)
         vocab = self.model.vocab_dict
         known = [[t for t in q if t in vocab] for q in tokens]
@@ -72,6 +80,13 @@ class BM25Retriever:
             for i, doc_ids, doc_scores in zip(rows, np.asarray(ids), np.asarray(scores)):
                 results[i] = [self._passage(int(d), float(s)) for d, s in zip(doc_ids, doc_scores) if s > 0]
         return results
+
+    def __getstate__(self) -> dict:  # copies and pickles (gymnasium's check_env deep-copies envs) get their own lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _passage(self, index: int, score: float) -> Passage:
         p = self.passages[index]
