@@ -38,6 +38,27 @@ def tool_schema(tool: Tool) -> dict[str, Any]:
     }
 
 
+class DisabledTool:
+    """Stands in for a tool (a class or an instance) with its name and schema, so the prompt does
+    not change; every call answers ``message``. The control in which a tool cannot help."""
+
+    def __init__(self, tool, message: str | None = None):
+        self.name, self.description, self.parameters = tool.name, tool.description, tool.parameters
+        self.message = message or f"Error: the {self.name} tool is disabled in this environment"
+
+    def call(self, arguments: dict[str, Any]) -> str:
+        return self.message
+
+
+def session_sandbox(kind: str):
+    """A sandbox for tools that run code in per-episode sessions only: a local sandbox starts no
+    one-shot worker pool (a trainer holds one env per episode of a step: 64 envs x a pool was
+    gigabytes)."""
+    from agentrl.sandbox import make_sandbox
+
+    return make_sandbox(kind, **({"workers": 0, "light_workers": 0} if kind == "local" else {}))
+
+
 class PythonTool:
     """Runs code in a sandbox session whose variables persist across calls within an episode."""
 

@@ -14,7 +14,7 @@ from agentrl.data import load_jsonl
 from agentrl.env import ToolEnv
 from agentrl.parsers import HermesParser, retool_parser
 from agentrl.rewards import math_equal
-from agentrl.tools import PythonTool
+from agentrl.tools import DisabledTool, PythonTool, session_sandbox
 
 SYSTEM_PROMPT = (
     "Solve the problem. You may run Python by writing <code>```python\n...\n```</code>; "
@@ -27,16 +27,6 @@ HERMES_SYSTEM_PROMPT = (
 )
 DEFAULT_DATASET = "package:mul4_train.jsonl"
 FORMATS = {"retool": (retool_parser, SYSTEM_PROMPT), "hermes": (HermesParser, HERMES_SYSTEM_PROMPT)}
-
-
-class DisabledTool:
-    """Same name and schema as the tool it stands in for; every call says it is unavailable."""
-
-    def __init__(self, tool):
-        self.name, self.description, self.parameters = tool.name, tool.description, tool.parameters
-
-    def call(self, arguments) -> str:
-        return "Error: the interpreter is disabled in this environment"
 
 
 class PythonToolEnv(ToolEnv):
@@ -63,16 +53,12 @@ class PythonToolEnv(ToolEnv):
         required = ("question", "answer") if require_answer else ("question",)
         tasks = load_jsonl(dataset, limit=limit, require=required) if isinstance(dataset, str) else list(dataset)
         self._owns_sandbox = isinstance(sandbox, str) and tool_enabled
-        if self._owns_sandbox:
-            from agentrl.sandbox import make_sandbox
-
-            # an episode only runs code in its own session: no one-shot worker pool per env (a
-            # trainer holds one env per episode of a step: 64 envs x a pool was gigabytes)
-            sandbox = make_sandbox(sandbox, **({"workers": 0, "light_workers": 0} if sandbox == "local" else {}))
+        if self._owns_sandbox:  # an episode only runs code in its own session
+            sandbox = session_sandbox(sandbox)
         self.sandbox = sandbox
         tool = PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
         if not tool_enabled:  # the no-tool control: calls are answered, nothing runs, no sandbox starts
-            tool = DisabledTool(tool)
+            tool = DisabledTool(tool, "Error: the interpreter is disabled in this environment")
         make_parser, default_prompt = FORMATS[tool_format]
         # Hermes runs the first max_parallel_calls calls of a turn; ReTool refuses a turn with more.
         limit_kw = {"max_parallel_calls": max_parallel_calls} if tool_format == "hermes" else {"max_calls_per_turn": max_parallel_calls}

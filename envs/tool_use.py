@@ -26,7 +26,7 @@ from agentrl.env import ToolEnv
 from agentrl.envs.search import SearchTool, load_tasks, make_retriever
 from agentrl.parsers import HermesParser
 from agentrl.rewards import exact_match
-from agentrl.tools import PythonTool
+from agentrl.tools import DisabledTool, PythonTool, session_sandbox
 
 # Tool-Star's system prompt ("solve the given question step by step with the help of the
 # wikipedia search tool and python interpreter tool"), cut short: the tiny model pays for every
@@ -40,17 +40,6 @@ DEFAULT_CORPUS = "package:kb_corpus.jsonl"
 TOOL_NAMES = ("search", "python")
 NEEDED_TOOLS = {"lookup": {"search"}, "arithmetic": {"python"}, "both": {"search", "python"}}
 """The tools each task kind needs: ``_right_tools`` is 1 when the episode called exactly these."""
-
-
-class DisabledTool:
-    """Same name and schema as the tool it stands in for (the prompt does not change); every
-    call says it is unavailable. The control in which a tool cannot help."""
-
-    def __init__(self, name: str, description: str, parameters: dict):
-        self.name, self.description, self.parameters = name, description, parameters
-
-    def call(self, arguments) -> str:
-        return f"Error: the {self.name} tool is disabled in this environment"
 
 
 _build_lock = threading.Lock()
@@ -109,7 +98,7 @@ class ToolUseEnv(ToolEnv):
 
     def _search_tool(self, enabled, retriever, index_dir, retriever_url, corpus, topk):
         if "search" not in enabled:  # no retriever is built
-            return DisabledTool(SearchTool.name, SearchTool.description, SearchTool.parameters)
+            return DisabledTool(SearchTool)
         if retriever is None and index_dir is None and retriever_url is None:
             retriever = corpus_retriever(corpus)  # shared and in memory: not this env's to close
         else:
@@ -120,12 +109,9 @@ class ToolUseEnv(ToolEnv):
 
     def _python_tool(self, enabled, sandbox, timeout_s, memory_mb, max_output_chars):
         if "python" not in enabled:  # no sandbox starts
-            return DisabledTool(PythonTool.name, PythonTool.description, PythonTool.parameters)
-        if isinstance(sandbox, str):
-            from agentrl.sandbox import make_sandbox
-
-            # session workers only, as PythonTool-v0: an episode runs code in its own session
-            sandbox = make_sandbox(sandbox, **({"workers": 0, "light_workers": 0} if sandbox == "local" else {}))
+            return DisabledTool(PythonTool)
+        if isinstance(sandbox, str):  # an episode runs code in its own session, as PythonTool-v0
+            sandbox = session_sandbox(sandbox)
             self._owns_sandbox = True
         self.sandbox = sandbox
         return PythonTool(sandbox, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars)
