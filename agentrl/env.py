@@ -129,7 +129,7 @@ def _write_text_to_shared_memory(space: TextSpace, index: int, value: Any, share
     view[base + _SLOT_HEADER : base + _SLOT_HEADER + len(data)] = data
 
 
-def _schema_validator(tool: Tool):
+def schema_validator(tool: Tool):
     """A jsonschema validator for the tool's ``parameters`` (None when the tool declares none)."""
     schema = getattr(tool, "parameters", None)
     if not schema:
@@ -186,7 +186,7 @@ class ToolEnv(gym.Env):
         self.tasks = list(tasks)
         self.tools = {t.name: t for t in tools}
         # one validator per tool, built (and its schema checked) once: a bad schema fails here, not mid-episode
-        self._validators = {name: _schema_validator(t) for name, t in self.tools.items()}
+        self._validators = {name: schema_validator(t) for name, t in self.tools.items()}
         self.parser = parser
         self.max_turns = max_turns
         self.render_mode = render_mode
@@ -310,7 +310,7 @@ class ToolEnv(gym.Env):
     def _argument_problem(self, name: str, tool: Tool, arguments: dict) -> str | None:
         """What is wrong with ``arguments`` under the tool's ``parameters`` JSON schema (None: nothing)."""
         if name not in self._validators:  # a tool added after __init__
-            self._validators[name] = _schema_validator(tool)
+            self._validators[name] = schema_validator(tool)
         validator = self._validators[name]
         if validator is None:
             return None

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import gymnasium as gym
-import jsonschema
 from gymnasium.utils.env_checker import check_env, data_equivalence
 
+from agentrl.env import schema_validator
 from agentrl.envs.checker import HOSTILE_ACTIONS, check_text_env
 from agentrl.registry import load_env_plugins, registered_env_ids
 
@@ -116,9 +116,9 @@ def _check_tools(env: gym.Env) -> None:
         if tool.parameters.get("type") != "object":
             raise AssertionError(f"{where}: parameters must be a JSON schema of type 'object' (the call's arguments)")
         try:  # the validator ToolEnv checks call arguments with
-            jsonschema.validators.validator_for(tool.parameters).check_schema(tool.parameters)
-        except jsonschema.exceptions.SchemaError as e:
-            raise AssertionError(f"{where}: parameters is not a valid JSON schema: {e.message}") from e
+            schema_validator(tool)
+        except ValueError as e:
+            raise AssertionError(str(e)) from e
 
 
 def _checks(seed: int):
@@ -152,7 +152,7 @@ def _run_one(name: str, what: str, run, default_fix: str | None, make, seed: int
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run(env)
-        return CheckResult(name, what, True, warnings=_unique(str(w.message) for w in caught))
+        return CheckResult(name, what, True, warnings=list(dict.fromkeys(str(w.message) for w in caught)))
     except Exception as e:
         message = str(e) or type(e).__name__
         if not isinstance(e, (AssertionError, gym.error.Error)):  # the env itself raised inside the checker
@@ -166,14 +166,6 @@ def _run_one(name: str, what: str, run, default_fix: str | None, make, seed: int
                 env.close()
         except Exception:
             pass
-
-
-def _unique(messages) -> list[str]:
-    seen: list[str] = []
-    for m in messages:
-        if m not in seen:
-            seen.append(m)
-    return seen
 
 
 def format_results(env_id: str, results: list[CheckResult]) -> str:
