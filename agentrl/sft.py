@@ -7,6 +7,7 @@ observations (loss mask 0) appended as ids. So SFT trains on the very sequences 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -59,33 +60,24 @@ def encode_trace(tokenizer, messages: list[dict], observation_format: str = "tex
     end_text = tokenizer.decode([end_id], skip_special_tokens=False) if end_id is not None else ""
     ids = render_prompt(tokenizer, messages[:first], tools)
     mask = [0] * len(ids)
-    rest = messages[first:]
-    for i, m in enumerate(rest):
-        if m["role"] == "assistant":
-            if chat and i and rest[i - 1]["role"] == "assistant":
+    for role, run in itertools.groupby(messages[first:], key=lambda m: m["role"]):
+        run = [m["content"] for m in run]
+        if role == "assistant":
+            if chat and len(run) > 1:
                 raise ValueError("two assistant messages in a row: in the chat format a turn without a call "
                                  "is answered by the env's feedback, a tool message")
-            part, bit = tokenizer.encode(m["content"], add_special_tokens=False), 1
-            if end_id is not None and part[-1:] != [end_id]:
-                part.append(end_id)  # sampled by the model at rollout time: trained on
-        elif m["role"] == "tool":
-            if not chat:
-                part = tokenizer.encode(m["content"], add_special_tokens=False)
-            elif i and rest[i - 1]["role"] == "tool":
-                continue  # rendered with the first of its run
-            else:
-                run = []  # one tool message per call of the turn, as the env's outputs
-                for t in rest[i:]:
-                    if t["role"] != "tool":
-                        break
-                    run.append(t["content"])
-                text = wrap_tool_observation(tokenizer, run, turn_end=end_text)
-                part = tokenizer.encode(text, add_special_tokens=False)
-            bit = 0
+            parts = [tokenizer.encode(text, add_special_tokens=False) for text in run]
+            if end_id is not None and parts[0][-1:] != [end_id]:
+                parts[0].append(end_id)  # sampled by the model at rollout time: trained on
+            bit = 1
+        elif role == "tool":  # chat: one observation for the run (one tool message per call of the turn)
+            texts = [wrap_tool_observation(tokenizer, run, turn_end=end_text)] if chat else run
+            parts, bit = [tokenizer.encode(text, add_special_tokens=False) for text in texts], 0
         else:
-            raise ValueError(f"unexpected {m['role']!r} message after the first assistant turn")
-        ids += part
-        mask += [bit] * len(part)
+            raise ValueError(f"unexpected {role!r} message after the first assistant turn")
+        for part in parts:
+            ids += part
+            mask += [bit] * len(part)
     return ids, mask
 
 
