@@ -83,6 +83,29 @@ class RunConfig(_Strict):
         return self
 
 
+class LoraSettings(_Strict):
+    """LoRA through peft (``pip install 'agentrl[lora]'``): only the adapters train and are
+    checkpointed; the KL reference is the base model with the adapters off; rollout engines get
+    merged weights. Names as peft's ``LoraConfig`` / verl's ``lora_rank``, ``lora_alpha``,
+    ``target_modules``."""
+
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="scaling alpha / r (peft lora_alpha)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """On the adapter input in the update's forwards only (rollouts, old and reference log-probs
+    run in eval mode); 0 keeps the first PPO ratio exactly 1."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names (suffixes, e.g. [q_proj, v_proj]) or every linear layer but the LM head."""
+
+    @model_validator(mode="after")
+    def _peft_is_installed(self) -> "LoraSettings":
+        import importlib.util
+
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError("model.lora needs the peft package: pip install 'agentrl[lora]' (or pip install peft)")
+        return self
+
+
 class ModelConfig(_Strict):
     path: str = "runs/tiny-model"
     init_if_missing: Literal["tiny", "small"] | None = "tiny"
@@ -93,6 +116,8 @@ class ModelConfig(_Strict):
     (``deepspeed.bf16``); vLLM samples in this dtype."""
     reference_path: str | None = None
     """Frozen reference model for KL; defaults to the initial policy weights when kl_coef > 0."""
+    lora: LoraSettings | None = None
+    """None: full fine-tuning. Else LoRA adapters on ``path`` (see :class:`LoraSettings`)."""
 
 
 class EnvConfig(_Strict):

@@ -321,8 +321,16 @@ class DeepSpeedEngine:
 
     # -- state -------------------------------------------------------------------------------
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights on every rank (a collective under ZeRO-3: parameters are gathered one at
-        a time and copied to the CPU, so no rank holds two full copies on the device)."""
+        """The weights a rollout engine loads, on every rank (LoRA: merged into the base's names;
+        a collective under ZeRO-3)."""
+        from agentrl.lora import has_adapters, merged_state_dict
+
+        weights = self._full_state_dict()
+        return merged_state_dict(weights, self.model) if has_adapters(self.model) else weights
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's full state dict on every rank (a collective under ZeRO-3: parameters are
+        gathered one at a time and copied to the CPU, so no rank holds two full copies on the device)."""
         if self.zero_stage < 3:
             return self.model.state_dict()
         import deepspeed
@@ -343,14 +351,22 @@ class DeepSpeedEngine:
 
     def save(self, directory: Path) -> None:
         """All ranks must call it with the same (shared) directory."""
+        from agentrl.lora import has_adapters, save_adapters
+
         directory = Path(directory)
-        weights = self.policy_state_dict()
+        lora = has_adapters(self.model)
+        weights = self._full_state_dict()
         if self.is_main:
             directory.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+            if lora:  # the adapter alone (peft's format); the frozen base is model.path
+                save_adapters(self.model, directory, weights)
+            else:
+                self.model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
         del weights
         self.barrier()
-        self.engine.save_checkpoint(str(directory / DS_SUBDIR), tag=DS_TAG, save_latest=False)
+        # LoRA: DeepSpeed's module state without the frozen base either (its optimiser holds the adapters)
+        self.engine.save_checkpoint(str(directory / DS_SUBDIR), tag=DS_TAG, save_latest=False,
+                                    exclude_frozen_parameters=lora)
         self.barrier()
 
     def load(self, directory: Path) -> None:
@@ -360,8 +376,12 @@ class DeepSpeedEngine:
         if not (ds_dir / DS_TAG).is_dir():
             raise FileNotFoundError(f"{directory} has no DeepSpeed state ({DS_SUBDIR}/{DS_TAG}); "
                                     f"it was not written by the deepspeed engine")
+        from agentrl.lora import has_adapters
+
+        # LoRA: the saved module state lacks the frozen base (exclude_frozen_parameters), which stays as loaded
         path, _ = self.engine.load_checkpoint(str(ds_dir), tag=DS_TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+                                              load_lr_scheduler_states=True,
+                                              load_module_strict=not has_adapters(self.model))
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ds_dir}")
         self._pending = 0

@@ -106,8 +106,9 @@ class TorchEngine:
         self.model = model
         self.parts = CausalLMParts(model, autocast_bf16)
         self.cfg = optim_cfg
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
-                                           weight_decay=optim_cfg.weight_decay)
+        # only what trains (LoRA: the adapters): no optimiser state for frozen weights
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim_cfg.lr,
+                                           betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(optim_cfg.warmup_steps, total_steps, optim_cfg.schedule))
         self.autocast_bf16 = autocast_bf16
@@ -175,18 +176,32 @@ class TorchEngine:
         pass
 
     def policy_state_dict(self):
-        return self.model.state_dict()
+        """The weights a rollout engine loads: the module's own (LoRA: merged into the base's names)."""
+        from agentrl.lora import has_adapters, merged_state_dict
+
+        weights = self.model.state_dict()
+        return merged_state_dict(weights, self.model) if has_adapters(self.model) else weights
 
     def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory, safe_serialization=True)
+        from agentrl.lora import has_adapters, save_adapters
+
+        if has_adapters(self.model):  # LoRA: the adapter alone (peft's format), the base is model.path
+            save_adapters(self.model, directory)
+        else:
+            self.model.save_pretrained(directory, safe_serialization=True)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                    directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
         from transformers import AutoModelForCausalLM
 
-        weights = AutoModelForCausalLM.from_pretrained(directory, dtype=next(self.model.parameters()).dtype).state_dict()
-        self.model.load_state_dict(weights)
+        from agentrl.lora import has_adapters, load_adapters
+
+        if has_adapters(self.model):
+            load_adapters(self.model, directory)
+        else:
+            weights = AutoModelForCausalLM.from_pretrained(directory, dtype=next(self.model.parameters()).dtype)
+            self.model.load_state_dict(weights.state_dict())
         state = torch.load(directory / "optimizer.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -64,7 +64,12 @@ def load_policy(cfg: TrainConfig):
         raise FileNotFoundError(f"model.path {path} does not exist (set model.init_if_missing: tiny to build one)")
     # engine: torch keeps float32 parameters (master weights) and computes in bf16 under autocast
     dtype = torch.float32 if getattr(cfg, "engine", "torch") == "torch" else getattr(torch, cfg.model.dtype)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if cfg.model.lora is not None:  # adapters injected in place: the same module, only they train
+        from agentrl.lora import add_adapters
+
+        add_adapters(model, cfg.model.lora)
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def make_train_engine(cfg: TrainConfig, model):
@@ -159,9 +164,14 @@ class GRPOTrainer:
 
     def _reference_model(self):
         """The frozen KL reference, placed by the train engine like the policy (its device and
-        compute dtype; partitioned under ZeRO-3); returns its ModelParts."""
+        compute dtype; partitioned under ZeRO-3); returns its ModelParts. LoRA: the policy itself
+        with its adapters off (the base model; no second copy of the weights)."""
         from transformers import AutoModelForCausalLM
 
+        if self.cfg.model.lora is not None and not self.cfg.model.reference_path:
+            from agentrl.lora import ReferenceParts
+
+            return ReferenceParts(self.engine, self.model)
         path = self.cfg.model.reference_path or self.cfg.model.path
         ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         return self.engine.frozen_copy(ref)
