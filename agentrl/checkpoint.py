@@ -34,7 +34,8 @@ class Checkpointer:
         found = self.all()
         return found[-1] if found else None
 
-    def save(self, step: int, engine, tokenizer, state: dict) -> Path:
+    def save(self, step: int, engine, tokenizer, state: dict, critic=None) -> Path:
+        """``critic`` (``agentrl.critic.Critic``, one process): its weights and optimiser go under ``critic/``."""
         rank, main = getattr(engine, "rank", 0), getattr(engine, "is_main", True)
         barrier = getattr(engine, "barrier", lambda: None)
         final = self.root / f"{PREFIX}{step:08d}"
@@ -44,6 +45,8 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         barrier()
         engine.save(tmp)
+        if critic is not None:
+            critic.save(tmp / "critic")
         torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
                    tmp / f"rng_rank{rank}.pt")
         barrier()  # every rank's share is on disk
@@ -57,12 +60,14 @@ class Checkpointer:
         barrier()  # nobody looks for the checkpoint before it is renamed
         return final
 
-    def load(self, directory: Path, engine) -> dict:
+    def load(self, directory: Path, engine, critic=None) -> dict:
         directory = Path(directory)
         state_file = directory / "trainer_state.json"
         if not state_file.is_file():
             raise FileNotFoundError(f"{directory} is not a complete checkpoint (no trainer_state.json)")
         engine.load(directory)
+        if critic is not None:
+            critic.load(directory / "critic")
         rng_file = directory / f"rng_rank{getattr(engine, 'rank', 0)}.pt"
         if not rng_file.is_file():
             rng_file = directory / "rng.pt"  # checkpoints written before per-rank RNG files

@@ -145,12 +145,25 @@ class RolloutConfig(_Strict):
 
 
 class AlgorithmConfig(_Strict):
-    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "remax"] = "grpo"
+    advantage: Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "remax", "gae"] = "grpo"
     """``remax``: each prompt also gets one greedy rollout (temperature 0, same env and limits, not
     trained on) whose reward is the baseline: A = r - r_greedy (ReMax, verl's
     ``compute_remax_outcome_advantage``); its cost is logged as ``remax/greedy_*``."""
     turn_level: bool = False
     """Densify: each turn's tokens get the group-normalised return from that turn on."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """``gae`` only (PPO with a learned critic, ``critic:``): the discount per action token. GAE runs over
+    the policy's own tokens; a tool observation is the transition between two actions, not a step."""
+    lambda_policy: float | Literal["length_adaptive"] = 1.0
+    """``gae``: the GAE lambda of the policy's advantages; ``length_adaptive``: VAPO's
+    1 - 1 / (lambda_alpha * l), l = the episode's action tokens (clamped to [0, 1])."""
+    lambda_critic: float = Field(1.0, ge=0, le=1)
+    """``gae``: the GAE lambda of the critic's targets (VAPO's decoupled GAE: 1.0, Monte-Carlo returns)."""
+    lambda_alpha: float = Field(0.05, gt=0)
+    """``gae`` with ``lambda_policy: length_adaptive``: VAPO's alpha."""
+    positive_nll_coef: float = Field(0.0, ge=0)
+    """VAPO's positive-example LM loss: + coef * token-mean NLL of the action tokens of episodes with
+    reward > 0 (any estimator; VAPO: 0.1)."""
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
     dual_clip: float | None = Field(None, gt=1)
@@ -183,6 +196,24 @@ class AlgorithmConfig(_Strict):
     [1 / mismatch_threshold, mismatch_threshold] from the loss (verl ``rollout_rs``); needs
     ``old_logprobs: recompute``."""
     mismatch_threshold: float = Field(2.0, gt=1)
+
+
+class CriticConfig(_Strict):
+    """The value model of ``algorithm.advantage: gae`` (``agentrl.critic``): its own optimiser and phases."""
+
+    model_path: str | None = None
+    """Backbone of the value model (same tokenizer as the policy); None: a copy of ``model.path``."""
+    lr: float = Field(1e-5, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = Field(1.0, gt=0)
+    cliprange_value: float = Field(0.5, gt=0)
+    """verl's value clip: the new value stays within +-cliprange_value of the rollout-time value."""
+    pretrain_steps: int = Field(0, ge=0)
+    """VAPO value pretraining: the first N of ``run.steps`` fit the critic to Monte-Carlo returns
+    (lambda 1) of the starting policy's rollouts; the policy does not move."""
+    warmup_steps: int = Field(0, ge=0)
+    """Then N more critic-only steps (targets with ``lambda_critic``) before the policy moves."""
 
 
 class RewardConfig(_Strict):
@@ -244,6 +275,8 @@ class TrainConfig(_Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    """The learned critic; only with ``algorithm.advantage: gae``."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     engine: Literal["torch", "deepspeed"] = "torch"
@@ -258,7 +291,8 @@ class TrainConfig(_Strict):
         a, r = self.algorithm, self.rollout
         if a.dynamic_sampling and r.group_size < 2:
             raise ValueError("algorithm.dynamic_sampling needs rollout.group_size >= 2 (a group of one is never informative)")
-        if a.advantage not in ("reinforce_pp", "remax") and r.group_size < 2:
+        self._gae_options_need_gae()
+        if a.advantage not in ("reinforce_pp", "remax", "gae") and r.group_size < 2:
             raise ValueError(f"algorithm.advantage={a.advantage} is group-relative: set rollout.group_size >= 2")
         if a.advantage == "remax" and a.dynamic_sampling:
             raise ValueError("algorithm.dynamic_sampling keeps groups whose sampled rewards differ, but under "
@@ -290,6 +324,32 @@ class TrainConfig(_Strict):
         if a.clip_high < a.clip_low:
             raise ValueError("algorithm.clip_high < clip_low: clip-higher means clip_high >= clip_low")
         return self
+
+
+    def _gae_options_need_gae(self) -> None:
+        # non-default values, not keys: a dumped config (run.output_dir/config.yaml) lists every key
+        a, defaults = self.algorithm, AlgorithmConfig()
+        gae_keys = [k for k in ("gamma", "lambda_policy", "lambda_critic", "lambda_alpha")
+                    if getattr(a, k) != getattr(defaults, k)]
+        if a.advantage != "gae":
+            if gae_keys or self.critic != CriticConfig():
+                raise ValueError(f"{', '.join(f'algorithm.{k}' for k in gae_keys) or 'critic'} only apply to "
+                                 "algorithm.advantage: gae (a learned critic); set advantage: gae or remove them")
+            return
+        if self.engine == "deepspeed":
+            raise ValueError("algorithm.advantage: gae runs its critic in one process (agentrl.critic): "
+                             "engine: deepspeed does not cover the critic yet; use engine: torch")
+        if a.turn_level:
+            raise ValueError("algorithm.turn_level is for critic-free estimators; gae already puts each turn's "
+                             "reward at that turn's last action token: set turn_level: false")
+        if isinstance(a.lambda_policy, float) and not 0.0 <= a.lambda_policy <= 1.0:
+            raise ValueError(f"algorithm.lambda_policy must be in [0, 1] or length_adaptive, got {a.lambda_policy}")
+        if a.lambda_alpha != defaults.lambda_alpha and a.lambda_policy != "length_adaptive":
+            raise ValueError("algorithm.lambda_alpha only applies with lambda_policy: length_adaptive")
+        c = self.critic
+        if c.pretrain_steps + c.warmup_steps >= self.run.steps:
+            raise ValueError(f"critic.pretrain_steps + warmup_steps ({c.pretrain_steps + c.warmup_steps}) leave no "
+                             f"policy step in run.steps ({self.run.steps})")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "aggregate",
     "aggregation_count",
     "grpo_loss",
+    "positive_nll",
 ]
 
 
@@ -274,6 +275,16 @@ def aggregate(name: str, loss_mat: Tensor, mask: Tensor, max_len: int | None = N
         raise ValueError(f"unknown loss aggregation {name!r}; known: {sorted(AGGREGATIONS)}")
     total, count = AGGREGATIONS[name](loss_mat, mask, max_len=max_len)
     return total / (count.clamp(min=1) if normalizer is None else max(float(normalizer), 1.0))
+
+
+def positive_nll(logprobs: Tensor, mask: Tensor, normalizer: float | None = None) -> Tensor:
+    """VAPO's positive-example LM loss (Yue et al. 2025, arXiv:2504.05118, eq. 9): the token-mean
+    negative log-likelihood ``-sum_{i in T, t} m_it log pi(o_it) / N`` over ``mask`` = the action
+    tokens of positive-reward episodes (T), N their count (``normalizer``: the minibatch's, when
+    this is one micro-batch of it). Tokens off the mask contribute exactly zero."""
+    total = -torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs)).sum()
+    count = float(mask.bool().sum()) if normalizer is None else float(normalizer)
+    return total / max(count, 1.0)
 
 
 # ----------------------------------------------------------------------------- composed loss

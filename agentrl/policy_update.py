@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from agentrl.logprobs import trained_token_stats
-from agentrl.losses import aggregation_count, grpo_loss
+from agentrl.losses import aggregation_count, grpo_loss, positive_nll
 
 # How per-micro-batch metrics combine: losses are already divided by the minibatch's count
 # (they add up); the extremes take the extreme; every other metric is a token mean (weighted by
 # the micro-batch's share of the minibatch's tokens).
-ADDITIVE = frozenset({"loss", "pg_loss", "kl", "entropy"})
+ADDITIVE = frozenset({"loss", "pg_loss", "kl", "entropy", "nll_loss"})
 EXTREMES = {"ratio_max": max, "ratio_min": min}
 LOG_RATIO_CLAMP = 20.0
 
@@ -120,8 +120,9 @@ def _log_ratio(trainer_lp, engine_lp, mask, level: str) -> torch.Tensor:
 class PolicyUpdate:
     """Runs the optimiser steps of one training step on ``engine`` (a TrainEngine)."""
 
-    def __init__(self, engine, cfg):
+    def __init__(self, engine, cfg, critic=None):
         self.engine, self.cfg = engine, cfg
+        self.critic = critic  # advantage: gae: its value model is updated on the same batch (agentrl.critic)
         self._nan_injected = False
         # ZeRO-3: one LM-head call per forward on every rank (see trained_token_stats)
         self.chunk_tokens = None if getattr(engine, "partitioned_weights", False) else cfg.optim.logprob_chunk_tokens
@@ -153,6 +154,8 @@ class PolicyUpdate:
         """``batch``: this rank's collated trajectories with ``advantages`` (and ``ref_logprobs``)
         or None if it holds none; ``counts``: trajectories per rank."""
         a, o = self.cfg.algorithm, self.cfg.optim
+        if self.critic is not None and self.critic.policy_frozen(step):  # value pretraining / critic warm-up
+            return {**self.critic.update(batch), "train/policy_frozen": 1.0}
         record: dict[str, float] = {}
         if a.old_logprobs == "recompute":
             trainer_lp = self.logprobs(self.engine, batch, counts)
@@ -164,7 +167,8 @@ class PolicyUpdate:
         local = [length_order(batch, mb, o.sort_by_length) if batch is not None else torch.zeros(0, dtype=torch.long)
                  for mb in splits[self.engine.rank]]
         n_micro = [max(math.ceil(len(s[m]) / o.micro_batch_size) for s in splits) for m in range(a.minibatches)]
-        counts_tokens = [[self._count(batch, mb, a.loss_agg), self._count(batch, mb, "token_mean")] for mb in local]
+        counts_tokens = [[self._count(batch, mb, a.loss_agg), self._count(batch, mb, "token_mean"),
+                          self._positive_count(batch, mb)] for mb in local]
         if self.engine.world_size > 1:
             counts_tokens = [self.engine.all_reduce_sum(ct) for ct in counts_tokens]
         self.engine.model.train()
@@ -185,12 +189,20 @@ class PolicyUpdate:
             values = [s[k] for s in steps if k in s]
             record[k] = EXTREMES[k](values) if k in EXTREMES else sum(values) / len(values)
         record["grad_norm"] = sum(norms) / len(norms)  # pre-clip global norm (the same on every rank)
+        if self.critic is not None:
+            record.update(self.critic.update(batch))
         return {f"train/{k}" if "/" not in k else k: v for k, v in record.items()}
 
     def _count(self, batch, index: torch.Tensor, aggregation: str) -> float:
         if batch is None or not len(index):
             return 0.0
         return aggregation_count(aggregation, batch["loss_mask"][index])
+
+    def _positive_count(self, batch, index: torch.Tensor) -> float:
+        """Action tokens of positive-reward episodes: the NLL term's denominator (VAPO)."""
+        if batch is None or not len(index) or not self.cfg.algorithm.positive_nll_coef:
+            return 0.0
+        return float((batch["loss_mask"][index] * batch["positive"][index]).sum())
 
     def _correct_mismatch(self, batch: dict, trainer_lp: torch.Tensor) -> dict[str, float]:
         """Old log-probs := the trainer's; TIS weights and the mismatch mask from the engine's."""
@@ -219,8 +231,8 @@ class PolicyUpdate:
         return {"mismatch/abs_logp_diff_mean": total["abs"] / n, "mismatch/abs_logp_diff_max": total["abs_max"],
                 "mismatch/kl": total["kl"] / n}
 
-    def _minibatch(self, batch, index: torch.Tensor, n_micro: int, count: float, tokens: float, step: int,
-                   seen: list | None) -> tuple[dict, float]:
+    def _minibatch(self, batch, index: torch.Tensor, n_micro: int, count: float, tokens: float, positive_tokens: float,
+                   step: int, seen: list | None) -> tuple[dict, float]:
         """One optimiser step over the micro-batches of ``index``; ``seen`` (if a list) collects
         each micro-batch's (trainer log-probs, old log-probs, mask)."""
         a, o = self.cfg.algorithm, self.cfg.optim
@@ -243,6 +255,11 @@ class PolicyUpdate:
                     kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, aggregation=a.loss_agg,
                     max_len=self.cfg.rollout.max_total_tokens, entropy=entropy, entropy_coef=a.entropy_coef,
                     normalizer=count, is_weights=mb.get("is_weights"))
+                if a.positive_nll_coef:  # VAPO: NLL of positive episodes' action tokens, over the minibatch's count
+                    nll = positive_nll(logprobs, mb["loss_mask"] * mb["positive"], positive_tokens)
+                    m["nll_loss"] = float(nll)
+                    loss = loss + a.positive_nll_coef * nll
+                    m["loss"] = float(loss)
                 share = float(mb["loss_mask"].sum()) / max(tokens, 1.0)
                 if seen is not None:
                     seen.append((logprobs.detach().cpu(), mb["old_logprobs"].cpu(), mb["loss_mask"].cpu()))

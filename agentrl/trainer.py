@@ -42,6 +42,7 @@ from agentrl.batch import collate
 from agentrl.checkpoint import Checkpointer
 from agentrl.collector import Collector, CollectorConfig
 from agentrl.config import TrainConfig
+from agentrl.critic import Critic
 from agentrl.losses import kl_penalty
 from agentrl.metrics import (MetricsWriter, ProgressBar, rollout_metrics, rollout_metrics_from_sums, rollout_sums,
                              sum_dicts)
@@ -113,7 +114,8 @@ class GRPOTrainer:
         self.engine = make_train_engine(cfg, self.model)
         self.rank, self.world_size = self.engine.rank, self.engine.world_size
         self.ref = self._reference_model() if cfg.algorithm.kl_coef > 0 else None
-        self.updater = PolicyUpdate(self.engine, cfg)
+        self.critic = Critic.for_run(cfg, self.engine, self.tokenizer) if cfg.algorithm.advantage == "gae" else None
+        self.updater = PolicyUpdate(self.engine, cfg, self.critic)
         rollout_copy = cfg.rollout.engine == "hf" and getattr(self.engine, "partitioned_weights", False)
         self.rollout = make_rollout_engine(cfg, self.model, self.tokenizer, separate_copy=rollout_copy)
         # the rollout engine holds its own weights: push the policy's after every change
@@ -319,6 +321,8 @@ class GRPOTrainer:
 
     def _advantages(self, trajs: list[Trajectory], rewards: torch.Tensor, batch: dict) -> torch.Tensor:
         a = self.cfg.algorithm
+        if a.advantage == "gae":  # token-level GAE from the learned critic (agentrl.critic, agentrl.gae)
+            return self.critic.advantages(trajs, rewards, batch, self.step)
         groups = torch.tensor([t.group_id for t in trajs])
         if not a.turn_level:
             extra = {"baselines": torch.tensor([t.info["remax_baseline"] for t in trajs])} if a.advantage == "remax" else {}
@@ -339,6 +343,8 @@ class GRPOTrainer:
         if self.cfg.algorithm.overlong == "mask":
             batch["loss_mask"][torch.tensor([t.truncated for t in trajs])] = 0.0
         batch["advantages"] = self._advantages(trajs, rewards, batch)
+        if self.cfg.algorithm.positive_nll_coef:  # VAPO's NLL term: episodes with reward > 0, [B, T] like the mask
+            batch["positive"] = torch.tensor([float(t.reward > 0) for t in trajs])[:, None].expand_as(batch["loss_mask"]).clone()
         if ref is not None:
             batch["ref_logprobs"] = ref["logprobs"]
 
@@ -438,10 +444,10 @@ class GRPOTrainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save(self) -> Path:
         state = {"step": self.step, "data_pos": self.data_pos, "restores": self.restores}
-        return self.checkpointer.save(self.step, self.engine, self.tokenizer, state)
+        return self.checkpointer.save(self.step, self.engine, self.tokenizer, state, critic=self.critic)
 
     def _restore(self, directory: Path) -> None:
-        state = self.checkpointer.load(directory, self.engine)
+        state = self.checkpointer.load(directory, self.engine, critic=self.critic)
         self.step, self.data_pos, self.restores = state["step"], state["data_pos"], state.get("restores", 0)
         if self._push_weights:
             self.rollout.update_weights(self.engine.policy_state_dict())
