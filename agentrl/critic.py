@@ -39,12 +39,14 @@ class ValueModel(nn.Module):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        self.body = getattr(lm, lm.base_model_prefix)
-        self.vocab_size = lm.config.vocab_size
-        self.head = nn.Linear(lm.config.hidden_size, 1)
+        # building a critic leaves the run's RNG alone (a GAE run samples like any other run)
+        with torch.random.fork_rng(devices=[]):
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            self.body = getattr(lm, lm.base_model_prefix)
+            self.vocab_size = lm.config.vocab_size
+            self.head = nn.Linear(lm.config.hidden_size, 1)
         # as a token-classification head is initialised (verl's critic is AutoModelForTokenClassification,
-        # num_labels=1), from its own generator so building a critic leaves the run's RNG alone
+        # num_labels=1: normal(0, initializer_range), bias 0), from the run's seed
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             self.head.weight.normal_(0.0, getattr(lm.config, "initializer_range", 0.02), generator=g)

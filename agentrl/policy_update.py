@@ -257,9 +257,9 @@ class PolicyUpdate:
                     normalizer=count, is_weights=mb.get("is_weights"))
                 if a.positive_nll_coef:  # VAPO: NLL of positive episodes' action tokens, over the minibatch's count
                     nll = positive_nll(logprobs, mb["loss_mask"] * mb["positive"], positive_tokens)
-                    m["nll_loss"] = float(nll)
+                    m["nll_loss"] = float(nll.detach())
                     loss = loss + a.positive_nll_coef * nll
-                    m["loss"] = float(loss)
+                    m["loss"] = float(loss.detach())
                 share = float(mb["loss_mask"].sum()) / max(tokens, 1.0)
                 if seen is not None:
                     seen.append((logprobs.detach().cpu(), mb["old_logprobs"].cpu(), mb["loss_mask"].cpu()))
