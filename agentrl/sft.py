@@ -115,7 +115,7 @@ def sft(cfg: SFTConfig) -> Path:
     metrics.close()
     model.eval()
     target = Path(cfg.save_to or out / "model")
-    model.save_pretrained(target)
+    model.save_pretrained(target, state_dict=engine.policy_state_dict())  # model.lora: merged into a plain model
     tokenizer.save_pretrained(target)
     log.info("SFT done: final loss %.4f, model saved to %s", loss, target)
     return target

@@ -111,6 +111,20 @@ def test_lora_config_errors_name_the_problem(tmp_path):
 
 
 # -- training ----------------------------------------------------------------------------------
+def test_lora_sft_saves_a_plain_model_with_the_adapter_merged(tmp_path):
+    from agentrl.config import load_config
+    from agentrl.sft import SFTConfig, sft
+
+    cfg = load_config("configs/retool_sft_tiny_cpu.yaml", [
+        f"model.path={cached_tiny_model()}", "model.init_if_missing=null", f"run.output_dir={tmp_path}",
+        "run.steps=4", "run.progress=false", "run.tensorboard=false", f"save_to={tmp_path / 'model'}",
+        "batch_size=4", "optim.lr=1e-2", LORA], schema=SFTConfig)
+    saved, info = AutoModelForCausalLM.from_pretrained(sft(cfg), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # a plain model's weights
+    saved.eval()
+    assert (logits(saved) - logits(base_model())).abs().max() > 1e-3  # the adapter is in it
+
+
 def test_lora_training_moves_only_the_adapters_and_checkpoints_only_them(tmp_path):
     from peft import PeftModel
 
