@@ -252,9 +252,9 @@ class ProgressBar:
             self._task = self._progress.add_task(self.description, total=self.total, completed=self.start, info="")
         return self
 
-    def update(self, step: int, record: dict) -> None:
+    def update(self, step: int, record: dict, info: str | None = None) -> None:
         if self.enabled:
-            info = (f"reward {record.get('reward/mean', float('nan')):.3f} "
+            info = info if info is not None else (f"reward {record.get('reward/mean', float('nan')):.3f} "
                     f"tools/ep {record.get('rollout/tool_calls_per_episode', 0):.2f} "
                     f"{record.get('time/step_s', 0):.1f}s/step")
             self._progress.update(self._task, completed=step, info=info)

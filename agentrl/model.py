@@ -282,10 +282,12 @@ def model_config(size: str, tokenizer):
 
 
 def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pretrain_steps: int = 0,
-                    copy_names: bool = False, copy_target: float | None = None, max_extra_steps: int = 4000) -> Path:
+                    copy_names: bool = False, copy_target: float | None = None, max_extra_steps: int = 4000,
+                    copy_tool_calls: bool = False, progress: bool = False) -> Path:
     """Build tokenizer + randomly initialised Qwen2 causal LM into ``out_dir``; returns the path.
     ``pretrain_steps`` > 0 adds the copy pretraining of ``agentrl.copy_pretraining`` (with
-    ``copy_names``, drills that copy made-up names too: the search runs); ``copy_target`` then
+    ``copy_names``, drills that copy made-up names too: the search runs; with ``copy_tool_calls``,
+    names and Hermes tool-call copies: the ToolUse run); ``copy_target`` then
     drills on (at most ``max_extra_steps`` more) until greedy copy accuracy reaches it."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -303,11 +305,14 @@ def init_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, pret
         if pretrain_steps:
             from agentrl.copy_pretraining import pretrain_copying
 
-            pretrain_copying(model, tokenizer, pretrain_steps, seed, names=copy_names)
+            names = copy_names or copy_tool_calls
+            pretrain_copying(model, tokenizer, pretrain_steps, seed, names=names, tool_calls=copy_tool_calls,
+                             progress=progress)
             if copy_target is not None:
                 from agentrl.copy_pretraining import pretrain_until
 
-                pretrain_until(model, tokenizer, copy_target, seed, max_extra_steps, names=copy_names)
+                pretrain_until(model, tokenizer, copy_target, seed, max_extra_steps, names=names,
+                               tool_calls=copy_tool_calls, progress=progress)
     finally:
         torch.random.set_rng_state(rng_state)
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", EOS_TOKEN)]
@@ -374,6 +379,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copy-names", action="store_true",
                         help="drills also copy made-up names (question -> <search>, passage -> <answer>), as the "
                              "search runs need; 1500 steps")
+    parser.add_argument("--copy-tool-calls", action="store_true",
+                        help="--copy-names plus drills that copy into Hermes tool calls (a name into a JSON argument, "
+                             "numbers into print(...), a tool response into <answer>), as the ToolUse run needs")
     parser.add_argument("--copy-target", type=float, default=None,
                         help="after --pretrain-steps, drill on in chunks of 100 steps until greedy copy accuracy "
                              "(and name copy accuracy with --copy-names) reaches this, e.g. 0.8 (some seeds need more)")
@@ -387,14 +395,16 @@ def cli_main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = init_tiny_model(args.out, size=args.size, seed=args.seed, pretrain_steps=args.pretrain_steps,
-                          copy_names=args.copy_names, copy_target=args.copy_target,
-                          max_extra_steps=args.max_extra_steps)
+                          copy_names=args.copy_names, copy_target=args.copy_target, copy_tool_calls=args.copy_tool_calls,
+                          max_extra_steps=args.max_extra_steps, progress=True)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    from agentrl.copy_pretraining import copy_accuracy, name_copy_accuracy
+    from agentrl.copy_pretraining import copy_accuracy, name_copy_accuracy, tool_call_copy_accuracy
 
     copying = (f", copy accuracy {copy_accuracy(model, tok):.2f} (digits) {name_copy_accuracy(model, tok):.2f} (names)"
                if args.pretrain_steps else "")
+    if args.pretrain_steps and args.copy_tool_calls:
+        copying += f" {tool_call_copy_accuracy(model, tok):.2f} (tool calls)"
     print(
         f"wrote {args.size} model to {out}: {count_parameters(model) / 1e6:.2f}M params, "
         f"vocab {len(tok)}{copying}, {time.perf_counter() - t0:.1f}s"

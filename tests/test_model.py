@@ -114,14 +114,15 @@ def test_cli(tmp_path):
     assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("names", [False, True])
-def test_copy_drill_loss_covers_repeat_and_closing_tag(tok, names):
+@pytest.mark.parametrize("names, tool_calls", [(False, False), (True, False), (True, True)])
+def test_copy_drill_loss_covers_repeat_and_closing_tag(tok, names, tool_calls):
     import random
 
     from agentrl.copy_pretraining import _second_copy_mask, copy_drill
 
     rng = random.Random(0)
-    drills = [copy_drill(rng, names) for _ in range(64)]
+    drills = [copy_drill(rng, names, tool_calls) for _ in range(64)]
+    assert tool_calls == any('"arguments": {' in d for d in drills)
     enc = tok(drills, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = _second_copy_mask(enc.input_ids, tok)
     for row, m, text in zip(enc.input_ids.tolist(), mask.tolist(), drills):
