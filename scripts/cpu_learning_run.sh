@@ -13,7 +13,8 @@
 # runs/<task>_learning, runs/cpu_learning for retool), PRETRAIN_STEPS (copy drills: 600 for
 # retool, 1500 for the others, whose made-up names take longer to copy than digits),
 # TINY_MODEL (an `agentrl model init` directory to start from instead of building one; the
-# search tasks' models copy names too: `--copy-names --copy-target 0.8`),
+# search tasks' models copy names too: `--copy-names --copy-target 0.8`; the tooluse models copy
+# into Hermes tool calls: `--copy-tool-calls --copy-target 0.8`),
 # SFT_STEPS and EVAL_LIMIT (questions per test set) shorten a run (tests/test_learning_runs.py),
 # COPY_TARGET (search tasks: copy drills go on until this greedy copy accuracy, default 0.8).
 set -euo pipefail
@@ -28,7 +29,7 @@ case $TASK in
           EVAL_CFG=configs/eval/kb_autorefine_cpu.yaml
           CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/autorefine_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target ${COPY_TARGET-0.8}" ;;
   tooluse) SFT=configs/tooluse_sft_tiny_cpu.yaml; GRPO=configs/tooluse_learn_cpu.yaml; EVAL_CFG=configs/eval/tooluse_cpu.yaml
-          CONTROL_ARGS=("env.kwargs.tools_enabled=[]"); CONTROL_LABEL="no-tool control"; ROOT=runs/tooluse_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target ${COPY_TARGET-0.8}" ;;
+          CONTROL_ARGS=("env.kwargs.tools_enabled=[]"); CONTROL_LABEL="no-tool control"; ROOT=runs/tooluse_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-tool-calls --copy-target ${COPY_TARGET-0.8}" ;;
   *) echo "TASK must be retool, search, autorefine or tooluse (got '$TASK')" >&2; exit 2 ;;
 esac
 SEED=${1:-0}; shift || true
