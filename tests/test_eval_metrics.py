@@ -93,6 +93,18 @@ def test_question_scores_qa():
     assert "pass@1" not in question_scores("qa", samples[:1])  # k = 1: EM is the whole story
 
 
+def test_reported_components_are_metrics_over_the_samples_that_report_them():
+    """ToolUse-v0's _right_tools / _called_search: the share of samples, before and after GRPO."""
+    samples = [{**_sample("5", True), "components": {"em": 1.0, "_right_tools": 1.0, "_called_search": 1.0}},
+               {**_sample("6", False), "components": {"em": 0.0, "_right_tools": 0.0, "_called_search": 1.0}},
+               {**_sample("7", False), "components": {"em": 0.0, "_right_tools": 1.0}}]
+    q = question_scores("qa", [{**s, "scores": {"correct": 0.0, "em": 0.0, "f1": 0.0, "cover_em": 0.0}} for s in samples])
+    assert q["right_tools"] == (2.0, 3.0) and q["called_search"] == (2.0, 2.0) and "em" in q and "_right_tools" not in q
+    # a component only some questions report: averaged over those, wherever the first question is
+    out = aggregate([{"m": (1.0, 1.0)}, {"m": (0.0, 1.0), "right_tools": (1.0, 4.0)}], n_boot=50)
+    assert out["right_tools"]["value"] == 0.25 and out["right_tools"]["n"] == 4
+
+
 def test_aggregate_and_suite_average():
     qs = [{"m": (1.0, 1.0), "rate": (1.0, 2.0), "none": (0.0, 0.0)}, {"m": (0.0, 1.0), "rate": (0.0, 2.0), "none": (0.0, 0.0)}]
     out = aggregate(qs, n_boot=200, headline="m")

@@ -1,6 +1,6 @@
 """scripts/cpu_learning_run.sh end to end, shortened (a few steps of each stage): the search
 runs build their index in the run, train in Search-v0 / AutoRefine-v0 (in-process index, or the
-retrieval server over loopback with SERVE=1), plot, and evaluate one-hop and two-hop apart."""
+retrieval server over loopback with SERVE=1), plot, and evaluate one-hop and two-hop apart; the ToolUse run likewise, per task kind."""
 from __future__ import annotations
 
 import json
@@ -43,3 +43,15 @@ def test_shortened_search_run_end_to_end(tmp_path, task, serve):
         assert config["env"]["kwargs"]["retriever_url"].startswith("http://127.0.0.1:")
         assert config["env"]["kwargs"]["index_dir"] is None
         assert "queries" in json.loads((out / "retrieval_stats.json").read_text())
+
+
+@pytest.mark.slow
+def test_shortened_tooluse_run_end_to_end(tmp_path):
+    """TASK=tooluse: a model with the tool-call drills, chat-format SFT, GRPO in ToolUse-v0 and
+    the held-out eval per task kind, with how often each kind called the right tools."""
+    out = short_run(tmp_path, "tooluse")
+    records = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all("reward/right_tools" in r for r in records)
+    for stage in ("sft", "grpo"):
+        metrics = json.loads((out / "eval" / stage / "metrics.json").read_text())
+        assert {"tooluse_lookup", "tooluse_arithmetic", "tooluse_both"} <= set(metrics), metrics.keys()

@@ -19,6 +19,9 @@ one bootstrap serves every metric, for one run and for the paired difference of 
   timeout or memory kill), ``turns``,
   ``response_tokens`` (sampled tokens), ``tool_latency_s`` (seconds per call), plus ``reward``
   (the environment's) and ``answered`` (share of episodes that gave an answer).
+* What the environment reports beside its reward (components named ``_x``, e.g. ToolUse-v0's
+  ``_right_tools``: the episode called exactly the tools its task kind needs) as ``x``, averaged
+  over the samples that report it.
 """
 from __future__ import annotations
 
@@ -99,6 +102,9 @@ def question_scores(kind: str, samples: list[dict]) -> dict[str, tuple[float, fl
         "response_tokens": (sum(s["response_tokens"] for s in samples) / k, 1.0),
         "tool_latency_s": (sum(t["tool_latency_s"] for s in samples for t in s["turns"]), float(sum(calls))),
     })
+    for name in sorted({c for s in samples for c in s.get("components", {}) if c.startswith("_")}):
+        values = [s["components"][name] for s in samples if name in s.get("components", {})]
+        out[name[1:]] = (float(sum(values)), float(len(values)))
     return out
 
 
@@ -139,9 +145,9 @@ def aggregate(per_question: list[dict[str, tuple[float, float]]], n_boot: int = 
     averages over (questions, or tool calls / tool turns for the rates). A rate with nothing to
     average over (no tool calls at all) is left out."""
     out: dict[str, dict] = {}
-    for name in per_question[0] if per_question else []:
-        num = np.array([q[name][0] for q in per_question], dtype=float)
-        den = np.array([q[name][1] for q in per_question], dtype=float)
+    for name in dict.fromkeys(name for q in per_question for name in q):  # every question's, in order
+        num = np.array([q.get(name, (0.0, 0.0))[0] for q in per_question], dtype=float)  # a reported
+        den = np.array([q.get(name, (0.0, 0.0))[1] for q in per_question], dtype=float)  # component may be missing
         if den.sum() <= 0:
             continue
         lo, hi = bootstrap_ci([(num, den)], n_boot, seed)
