@@ -336,9 +336,9 @@ class TrainConfig(_Strict):
                 raise ValueError(f"{', '.join(f'algorithm.{k}' for k in gae_keys) or 'critic'} only apply to "
                                  "algorithm.advantage: gae (a learned critic); set advantage: gae or remove them")
             return
-        if self.engine == "deepspeed":
-            raise ValueError("algorithm.advantage: gae runs its critic in one process (agentrl.critic): "
-                             "engine: deepspeed does not cover the critic yet; use engine: torch")
+        if self.engine == "deepspeed" and a.dynamic_sampling:
+            raise ValueError("algorithm.advantage: gae under engine: deepspeed needs every rank to hold groups (the "
+                             "critic's passes are collectives), which dynamic_sampling cannot promise: turn it off")
         if a.turn_level:
             raise ValueError("algorithm.turn_level is for critic-free estimators; gae already puts each turn's "
                              "reward at that turn's last action token: set turn_level: false")

@@ -14,12 +14,17 @@ loss, its own optimiser, and the step's GAE advantages / critic targets.
   the critic on its usual ``lambda_critic`` targets before the policy moves.
 * **Checkpoints.** :meth:`Critic.save` / :meth:`Critic.load` (weights, optimiser), written into the
   trainer's checkpoint directory under ``critic/`` by :class:`agentrl.checkpoint.Checkpointer`.
-
-One process only (``engine: torch``): the config refuses ``engine: deepspeed`` with a critic.
+* **Data parallel** (``engine: deepspeed``): the value model gets its own
+  :class:`agentrl.deepspeed_engine.DeepSpeedEngine` (the run's ZeRO stage and offload, the critic's
+  optimiser settings) and follows the policy's rules: every rank runs the same number of forwards
+  and backwards (a short rank pads with zero-weighted ones), each micro-batch's value loss is
+  divided by the minibatch's *global* token count and multiplied by ``world_size`` (DeepSpeed
+  averages gradients), the advantages are whitened with global statistics and the metrics are
+  reduced over ranks, so the update equals the one-process update on the whole batch. Its
+  checkpoint is DeepSpeed's own, under ``critic/deepspeed/``.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -73,27 +78,54 @@ def value_loss(vpreds: Tensor, returns: Tensor, old_values: Tensor, mask: Tensor
     return loss, clip_frac
 
 
+class OneProcess:
+    """The reductions of a one-process run (what ``TorchEngine`` provides): identities."""
+
+    world_size = 1
+
+    def all_reduce_sum(self, values):
+        return [float(v) for v in values]
+
+    def all_gather_object(self, obj):
+        return [obj]
+
+
 class Critic:
-    def __init__(self, cfg, device=None):
+    def __init__(self, cfg, device=None, comm=None):
+        """``comm``: the policy's train engine, for its rank reductions (default: one process)."""
         self.cfg, c = cfg, cfg.critic
-        self.device = torch.device(device or "cpu")
-        self.model = ValueModel(c.model_path or cfg.model.path, seed=cfg.run.seed).to(self.device).eval()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=tuple(c.betas),
-                                           weight_decay=c.weight_decay)
-        self.autocast_bf16 = cfg.model.dtype == "bfloat16"
+        model = ValueModel(c.model_path or cfg.model.path, seed=cfg.run.seed)
+        self.ds = None
+        if cfg.engine == "deepspeed":
+            from agentrl.deepspeed_engine import DeepSpeedEngine
+
+            self.ds = DeepSpeedEngine(model, _critic_run_config(cfg))
+            self.model, self.device = self.ds.engine.module, self.ds.device
+        else:
+            self.device = torch.device(device or "cpu")
+            self.model = model.to(self.device)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=tuple(c.betas),
+                                               weight_decay=c.weight_decay)
+        self.comm = comm or self.ds or OneProcess()
+        self.model.eval()
+        self.vocab_size = model.vocab_size
+        self.autocast_bf16 = cfg.model.dtype == "bfloat16" and self.ds is None
         self._step_metrics: dict = {}  # from advantages(), reported with the update's
 
     @classmethod
     def for_run(cls, cfg, engine, tokenizer) -> "Critic":
-        """The trainer's critic, on the policy's device."""
-        critic = cls(cfg, device=engine.device)
+        """The trainer's critic, on the policy's device, reducing over the policy engine's ranks."""
+        if engine.world_size > cfg.rollout.tasks_per_step:
+            raise ValueError(f"advantage: gae with {engine.world_size} ranks needs rollout.tasks_per_step >= "
+                             f"{engine.world_size} (every rank must hold a group: the critic's passes are collectives)")
+        critic = cls(cfg, device=engine.device, comm=engine)
         critic.check_tokenizer(tokenizer)
         return critic
 
     def check_tokenizer(self, tokenizer) -> None:
         """A critic by path must read the policy's token ids (same tokenizer family)."""
-        if len(tokenizer) > self.model.vocab_size:
-            raise ValueError(f"critic.model_path {self.cfg.critic.model_path}: vocabulary of {self.model.vocab_size} "
+        if len(tokenizer) > self.vocab_size:
+            raise ValueError(f"critic.model_path {self.cfg.critic.model_path}: vocabulary of {self.vocab_size} "
                              f"tokens, but the policy's tokenizer has {len(tokenizer)}: the critic must share the "
                              "policy's tokenizer")
 
@@ -105,26 +137,59 @@ class Critic:
         c = self.cfg.critic
         return step < c.pretrain_steps + c.warmup_steps
 
-    # -- values, advantages, targets -----------------------------------------------------------
-    def _autocast(self):
-        if not self.autocast_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    # -- forward / backward / step (one process or DeepSpeed) ---------------------------------
+    def _forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        if self.ds is not None:  # through the DeepSpeed engine: ZeRO-3 gathers the partitioned weights
+            return self.ds.engine(input_ids, attention_mask)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            return self.model(input_ids, attention_mask)
 
+    def _dummy(self) -> Tensor:
+        """A zero-weighted forward over every parameter: keeps the ranks' collectives in step."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        return self._forward(ids, torch.ones_like(ids)).sum() * 0.0
+
+    def _backward(self, loss: Tensor) -> None:
+        if self.ds is not None:
+            self.ds.backward(loss)
+        else:
+            loss.backward()
+
+    def _step(self) -> float:
+        if self.ds is not None:  # DeepSpeed clips, skips a non-finite step and zeroes the gradients
+            return self.ds.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.critic.grad_clip)
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def _sum(self, values: list[float]) -> list[float]:
+        return self.comm.all_reduce_sum(values) if self.comm.world_size > 1 else [float(v) for v in values]
+
+    def _max(self, value: int) -> int:
+        return max(self.comm.all_gather_object(value)) if self.comm.world_size > 1 else value
+
+    # -- values, advantages, targets -----------------------------------------------------------
     def values(self, batch: dict) -> Tensor:
         """``V [B, T]`` (CPU float32, no grad) on ``batch``'s action tokens, 0 elsewhere."""
         o = self.cfg.optim
         out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-        with torch.no_grad(), self._autocast():
-            for index in length_order(batch, np.arange(out.shape[0]), o.sort_by_length).split(o.micro_batch_size):
-                mb = micro_batch(batch, index, self.device)
-                out[index, :mb["input_ids"].shape[1]] = self.model(mb["input_ids"], mb["attention_mask"]).float().cpu()
+        chunks = list(length_order(batch, np.arange(out.shape[0]), o.sort_by_length).split(o.micro_batch_size))
+        with torch.no_grad():
+            for i in range(self._max(len(chunks))):
+                if i >= len(chunks):
+                    self._dummy()
+                    continue
+                mb = micro_batch(batch, chunks[i], self.device)
+                v = self._forward(mb["input_ids"], mb["attention_mask"])
+                out[chunks[i], :v.shape[1]] = v.float().cpu()
         return out * batch["loss_mask"]
 
     def advantages(self, trajs, rewards: Tensor, batch: dict, step: int) -> Tensor:
-        """The policy's GAE advantages ``[B, T]`` (whitened over the batch, as verl does); puts
-        ``values`` and ``returns`` (the critic's targets) into ``batch``. ``rewards``: the shaped
-        episode rewards; each turn's own reward (``TurnRecord.reward``) sits at its last action token."""
+        """The policy's GAE advantages ``[B, T]`` (whitened over the whole batch, all ranks, as verl
+        does); puts ``values`` and ``returns`` (the critic's targets) into ``batch``. ``rewards``: the
+        shaped episode rewards; each turn's own reward (``TurnRecord.reward``) sits at its last action token."""
         a = self.cfg.algorithm
         mask = batch["loss_mask"]
         values = self.values(batch)
@@ -137,80 +202,110 @@ class Critic:
         _, returns = gae_lib.gae_advantages_returns(r_tok, values, mask, a.gamma, lam_critic)
         batch["values"], batch["returns"] = values, returns
         keep = mask.bool()
-        self._step_metrics = {"critic/values_mean": _masked_mean(values, keep), "critic/returns_mean": _masked_mean(returns, keep),
-                   "critic/explained_var": _explained_variance(values, returns, keep),
-                   "critic/lambda_policy_mean": float(lam_policy.mean()) if lam_policy.numel() else 0.0,
-                   "critic/lambda_critic": float(lam_critic),
-                   "critic/pretraining": float(self.pretraining(step)), "critic/policy_frozen": float(self.policy_frozen(step))}
-        return gae_lib.masked_whiten(adv, mask)
+        v, r, x = values[keep].double(), returns[keep].double(), adv[keep].double()
+        n, sv, sr, srr, sd, sdd, sx, sxx, slam, episodes = self._sum([
+            v.numel(), v.sum(), r.sum(), (r * r).sum(), (r - v).sum(), ((r - v) ** 2).sum(), x.sum(), (x * x).sum(),
+            lam_policy.sum(), lam_policy.numel()])
+        var_r, var_d = srr / max(n, 1) - (sr / max(n, 1)) ** 2, sdd / max(n, 1) - (sd / max(n, 1)) ** 2
+        self._step_metrics = {
+            "critic/values_mean": sv / max(n, 1), "critic/returns_mean": sr / max(n, 1),
+            # 1 - Var(R - V) / Var(R): 1 for a perfect critic, 0 for a constant; 0 when the returns are constant
+            "critic/explained_var": 1.0 - var_d / var_r if var_r > 1e-12 else 0.0,
+            "critic/lambda_policy_mean": slam / max(episodes, 1), "critic/lambda_critic": float(lam_critic),
+            "critic/pretraining": float(self.pretraining(step)),
+            "critic/policy_frozen": float(self.policy_frozen(step))}
+        if self.comm.world_size == 1:
+            return gae_lib.masked_whiten(adv, mask)
+        mean = sx / max(n, 1)  # the batch's statistics over every rank (masked_whiten's, unbiased variance)
+        var = (sxx - n * mean * mean) / max(n - 1, 1)
+        return torch.where(keep, (adv - mean) * (var + 1e-8) ** -0.5, 0.0)
 
     # -- the update ----------------------------------------------------------------------------
     def update(self, batch: dict) -> dict:
-        """``algorithm.epochs x minibatches`` optimiser steps of the value loss on ``batch``."""
+        """``algorithm.epochs x minibatches`` optimiser steps of the value loss on ``batch`` (this
+        rank's share of the step's episodes)."""
         a, c, o = self.cfg.algorithm, self.cfg.critic, self.cfg.optim
-        splits = np.array_split(np.arange(batch["input_ids"].shape[0]), a.minibatches)
+        ws = self.comm.world_size
+        rows = np.arange(batch["input_ids"].shape[0])
+        splits = [length_order(batch, s, o.sort_by_length) for s in np.array_split(rows, a.minibatches)]
+        chunks = [list(index.split(o.micro_batch_size)) for index in splits]
+        tokens = self._sum([float(batch["loss_mask"][index].sum()) for index in splits])  # per minibatch, all ranks
+        n_micro = [self._max(len(ch)) for ch in chunks]
         losses, clip_fracs, vpreds, norms = [], [], [], []
         self.model.train()
         for _ in range(a.epochs):
-            for split in splits:
-                index = length_order(batch, split, o.sort_by_length)
-                tokens = float(batch["loss_mask"][index].sum())
-                loss_sum, clip_sum, vpred_sum = 0.0, 0.0, 0.0
-                for chunk in index.split(o.micro_batch_size):
-                    mb = micro_batch(batch, chunk, self.device)
-                    with self._autocast():
-                        v = self.model(mb["input_ids"], mb["attention_mask"])
+            for m, minibatch in enumerate(chunks):
+                loss_sum = clip_tokens = vpred_tokens = 0.0
+                for i in range(n_micro[m]):
+                    if i >= len(minibatch):  # a short rank: zero-weighted pass (ZeRO-2/3 backwards are collectives)
+                        self._backward(self._dummy())
+                        continue
+                    mb = micro_batch(batch, minibatch[i], self.device)
+                    v = self._forward(mb["input_ids"], mb["attention_mask"]).float()
                     loss, clip_frac = value_loss(v, mb["returns"], mb["values"], mb["loss_mask"], c.cliprange_value,
-                                                 normalizer=tokens)
-                    loss.backward()
-                    share = float(mb["loss_mask"].sum()) / max(tokens, 1.0)
+                                                 normalizer=tokens[m])
+                    self._backward(loss * ws)  # DeepSpeed averages gradients over ranks
+                    count = float(mb["loss_mask"].sum())
                     loss_sum += float(loss.detach())
-                    clip_sum += clip_frac * share
-                    vpred_sum += _masked_mean(v.detach(), mb["loss_mask"].bool()) * share
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-                if torch.isfinite(norm):
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                losses.append(loss_sum), clip_fracs.append(clip_sum), vpreds.append(vpred_sum), norms.append(float(norm))
+                    clip_tokens += clip_frac * count
+                    vpred_tokens += float(torch.where(mb["loss_mask"].bool(), v.detach(), 0.0).sum())
+                norms.append(self._step())
+                loss_sum, clip_tokens, vpred_tokens = self._sum([loss_sum, clip_tokens, vpred_tokens])
+                losses.append(loss_sum)
+                clip_fracs.append(clip_tokens / max(tokens[m], 1.0))
+                vpreds.append(vpred_tokens / max(tokens[m], 1.0))
         self.model.eval()
         return {**self._step_metrics, "critic/vf_loss": _mean(losses), "critic/vf_clipfrac": _mean(clip_fracs),
                 "critic/vpred_mean": _mean(vpreds), "critic/grad_norm": _mean(norms), "critic/lr": c.lr}
 
     # -- state ---------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
+        """Every rank calls it (DeepSpeed's save is a collective)."""
         directory = Path(directory)
+        if self.ds is not None:
+            from agentrl.deepspeed_engine import DS_SUBDIR, DS_TAG
+
+            self.ds.engine.save_checkpoint(str(directory / DS_SUBDIR), tag=DS_TAG, save_latest=False)
+            return
         directory.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()}, directory / "value_model.safetensors")
+        weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(weights, directory / "value_model.safetensors")
         torch.save({"optimizer": self.optimizer.state_dict()}, directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
         directory = Path(directory)
+        if self.ds is not None:
+            from agentrl.deepspeed_engine import DS_SUBDIR, DS_TAG
+
+            if not (directory / DS_SUBDIR / DS_TAG).is_dir():
+                raise FileNotFoundError(f"{directory.parent} holds no DeepSpeed critic ({CRITIC_DIR}/{DS_SUBDIR}/"
+                                        f"{DS_TAG}): it was written by a run without advantage: gae or engine: deepspeed")
+            self.ds.load(directory)
+            return
         weights = directory / "value_model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{directory.parent} holds no critic ({CRITIC_DIR}/value_model.safetensors): it was "
-                                    "written by a run without advantage: gae")
+                                    "written by a run without advantage: gae (or with engine: deepspeed)")
         from safetensors.torch import load_file
 
         self.model.load_state_dict(load_file(weights, device=str(self.device)))
         self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False)["optimizer"])
 
 
+def _critic_run_config(cfg):
+    """The run config with the critic's optimiser settings in ``optim`` (what DeepSpeedEngine reads):
+    constant LR, no gradient checkpointing."""
+    c = cfg.critic
+    optim = cfg.optim.model_copy(update={"lr": c.lr, "betas": c.betas, "weight_decay": c.weight_decay,
+                                         "grad_clip": c.grad_clip, "warmup_steps": 0, "schedule": "constant",
+                                         "gradient_checkpointing": False})
+    return cfg.model_copy(update={"optim": optim})
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _masked_mean(x: Tensor, keep: Tensor) -> float:
-    return float(x[keep].mean()) if keep.any() else 0.0
-
-
-def _explained_variance(values: Tensor, returns: Tensor, keep: Tensor) -> float:
-    """1 - Var(R - V) / Var(R) over the action tokens (1: a perfect critic; 0: no better than a constant)."""
-    r = returns[keep].double()
-    if r.numel() < 2 or float(r.var()) < 1e-12:  # constant returns (e.g. every reward 0): nothing to explain
-        return 0.0
-    return float(1.0 - (r - values[keep].double()).var() / r.var())
-
-
-__all__ = ["ValueModel", "value_loss", "Critic", "CRITIC_DIR"]
+__all__ = ["ValueModel", "value_loss", "Critic", "CRITIC_DIR", "OneProcess"]

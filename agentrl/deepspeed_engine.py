@@ -114,6 +114,7 @@ def build_ds_config(cfg, world_size: int, n_params: int | None = None) -> dict:
     if n_params:
         bucket = int(min(5e8, max(n_params, 1 << 20)))
         zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket)
+        bucket = -(-bucket // 1024) * 1024  # ZeRO wants a multiple of its alignment (2); a value head makes it odd
     if ds.zero_stage == 1:
         zero["overlap_comm"] = False  # unmanaged accumulation supports overlap_comm only from stage 2
     if ds.zero_stage == 3:

@@ -107,7 +107,7 @@ def test_config_says_what_a_critic_needs():
     for overrides, message in [
         (["algorithm.gamma=0.9"], "only apply to algorithm.advantage: gae"),
         (["critic.lr=1e-3"], "critic only apply"),
-        (["algorithm.advantage=gae", "engine=deepspeed"], "does not cover the critic"),
+        (["algorithm.advantage=gae", "engine=deepspeed", "algorithm.dynamic_sampling=true"], "every rank to hold groups"),
         (["algorithm.advantage=gae", "algorithm.turn_level=true"], "each turn's reward"),
         (["algorithm.advantage=gae", "algorithm.lambda_policy=1.5"], "lambda_policy must be in"),
         (["algorithm.advantage=gae", "algorithm.lambda_alpha=0.1"], "only applies with lambda_policy: length_adaptive"),
