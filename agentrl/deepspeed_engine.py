@@ -28,7 +28,8 @@ over ``deepspeed.initialize``, for ``engine: deepspeed`` in a run config.
   returns the pre-clip global norm like ``TorchEngine``.
 * **Checkpoints.** ``save`` writes the full model in ``save_pretrained`` form (gathered under
   ZeRO-3) plus DeepSpeed's own sharded checkpoint under ``deepspeed/`` (optimiser, scheduler,
-  fp32 master weights); ``load`` restores the latter.
+  fp32 master weights); ``load`` restores the latter. With ``model.lora`` both hold the adapter
+  alone (peft's format; DeepSpeed's ``exclude_frozen_parameters``): the frozen base is ``model.path``.
 * **Ranks.** Under ``torchrun`` / ``deepspeed`` launchers the usual ``RANK``/``WORLD_SIZE``/
   ``LOCAL_RANK``/``MASTER_*`` variables are used; without them a one-process group is created
   (no MPI discovery). Backend: NCCL with CUDA, gloo on CPU.
@@ -113,8 +114,8 @@ def build_ds_config(cfg, world_size: int, n_params: int | None = None) -> dict:
     zero: dict = {"stage": ds.zero_stage}
     if n_params:
         bucket = int(min(5e8, max(n_params, 1 << 20)))
-        zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket)
         bucket = -(-bucket // 1024) * 1024  # ZeRO wants a multiple of its alignment (2); a value head makes it odd
+        zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket)
     if ds.zero_stage == 1:
         zero["overlap_comm"] = False  # unmanaged accumulation supports overlap_comm only from stage 2
     if ds.zero_stage == 3:

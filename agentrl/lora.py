@@ -65,7 +65,6 @@ def add_adapters(model: torch.nn.Module, settings) -> torch.nn.Module:
     if isinstance(head, BaseTunerLayer) and getattr(model.config, "tie_word_embeddings", False):
         raise ValueError("model.lora.target_modules adapts the LM head, whose weight is tied to the input "
                          "embeddings: the merged weights could not be pushed consistently. Leave the head out")
-    model.peft_config[ADAPTER].inference_mode = False
     return model
 
 
