@@ -49,7 +49,12 @@ def test_data_parallel_critic_matches_one_process(stage, tmp_path, monkeypatch):
     assert r["redo_weight_diff"] < 1e-6 and r["redo_loss_diff"] < 1e-6
 
 
-def test_two_rank_gae_training_checkpoints_and_resumes(tmp_path):
+def test_two_rank_gae_training_checkpoints_and_resumes(tmp_path, monkeypatch):
+    import test_trainer_distributed
+
+    # two DeepSpeed engines per rank (policy and critic) to build, save and load: on a loaded 2-core machine a
+    # 3-step resume measured 14 min (steps of 66-121 s); still bounded, so a collective mismatch still fails
+    monkeypatch.setattr(test_trainer_distributed, "TIMEOUT_S", 1200)
     out = tmp_path / "run"
     gae = ("algorithm.advantage=gae", "critic.lr=1e-3", "critic.pretrain_steps=1", "algorithm.positive_nll_coef=0.1",
            "algorithm.lambda_policy=length_adaptive")
