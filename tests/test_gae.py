@@ -66,6 +66,17 @@ def test_observation_length_does_not_change_the_estimate():
     assert torch.allclose(a_s[short.bool()], a_l[long.bool()])
 
 
+def assert_matches_verl(rewards, values, mask, gamma: float, lam: float) -> None:
+    """Our GAE returns equal verl's compute_gae_advantage_return's on the response tokens, and our
+    advantages equal its after the same whitening (verl returns them whitened over the batch)."""
+    ours_adv, ours_ret = gae_advantages_returns(rewards, values, mask, gamma, lam)
+    verl_adv, verl_ret = verl_gae.compute_gae_advantage_return(rewards, values, mask, torch.tensor(gamma),
+                                                               torch.tensor(lam))
+    keep = mask.bool()
+    assert torch.allclose(ours_ret[keep], verl_ret[keep], atol=1e-6)
+    assert torch.allclose(masked_whiten(ours_adv, mask)[keep], verl_adv[keep], atol=1e-5)
+
+
 def test_matches_verl_on_sequences_without_observations():
     torch.manual_seed(1)
     B, T = 5, 12
@@ -76,13 +87,7 @@ def test_matches_verl_on_sequences_without_observations():
     rewards[torch.arange(B), lengths - 1] = torch.randn(B)
     rewards += 0.1 * torch.randn(B, T) * mask  # dense per-token rewards too (e.g. a KL penalty)
     for gamma, lam in [(1.0, 1.0), (0.99, 0.95), (0.9, 0.0)]:
-        ours_adv, ours_ret = gae_advantages_returns(rewards, values, mask, gamma, lam)
-        verl_adv, verl_ret = verl_gae.compute_gae_advantage_return(rewards, values, mask, torch.tensor(gamma),
-                                                                   torch.tensor(lam))
-        keep = mask.bool()
-        assert torch.allclose(ours_ret[keep], verl_ret[keep], atol=1e-6)
-        # verl returns its advantages whitened over the batch's response tokens
-        assert torch.allclose(masked_whiten(ours_adv, mask)[keep], verl_adv[keep], atol=1e-5)
+        assert_matches_verl(rewards, values, mask, gamma, lam)
 
 
 def test_matches_verl_with_observation_spans_too():
@@ -92,12 +97,7 @@ def test_matches_verl_with_observation_spans_too():
     values = torch.randn(mask.shape)
     rewards = torch.zeros(mask.shape)
     rewards[:, 13] = torch.tensor([1.0, 0.0, -0.5])
-    ours_adv, ours_ret = gae_advantages_returns(rewards, values * mask, mask, 0.95, 0.9)
-    verl_adv, verl_ret = verl_gae.compute_gae_advantage_return(rewards, values * mask, mask, torch.tensor(0.95),
-                                                               torch.tensor(0.9))
-    keep = mask.bool()
-    assert torch.allclose(ours_ret[keep], verl_ret[keep], atol=1e-6)
-    assert torch.allclose(masked_whiten(ours_adv, mask)[keep], verl_adv[keep], atol=1e-5)
+    assert_matches_verl(rewards, values * mask, mask, 0.95, 0.9)
 
 
 def test_decoupled_lambdas():
