@@ -6,7 +6,8 @@
 #   autorefine  AutoRefine (agentrl/AutoRefine-v0, F1 + refine reward) on the same questions
 #   tooluse     agentrl/ToolUse-v0: search and the interpreter in one environment, Hermes tool calls
 # Env: CONTROL=1 adds the control run (no tool / searches find nothing), EVAL=1 evaluates the
-# SFT and the GRPO model on the held-out test questions (agentrl eval + eval compare),
+# SFT and the GRPO model on the held-out test questions (agentrl eval + eval compare) and, for
+# the knowledge-base tasks, on fixed training questions (the training reward before and after),
 # ENGINES="hf vllm" runs GRPO with each rollout engine from the same SFT model (vllm needs
 # scripts/setup_vllm_venv.sh; ENGINE=... also works), SERVE=1 (search tasks) serves the index
 # with `agentrl serve retrieval` and the episodes query it over loopback, OUT_ROOT (default
@@ -21,14 +22,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:-retool}
 case $TASK in
-  retool) SFT=configs/retool_sft_tiny_cpu.yaml; GRPO=configs/retool_learn_cpu.yaml; EVAL_CFG=configs/eval/mul2_cpu.yaml
+  retool) SFT=configs/retool_sft_tiny_cpu.yaml; GRPO=configs/retool_learn_cpu.yaml; EVAL_CFG=configs/eval/mul2_cpu.yaml; TRAIN_EVAL_CFG=
           CONTROL_ARGS=(env.kwargs.tool_enabled=false); CONTROL_LABEL="no-tool control"; ROOT=runs/cpu_learning; PRETRAIN_DEFAULT=600; COPY_NAMES= ;;
-  search) SFT=configs/search_kb_sft_cpu.yaml; GRPO=configs/search_kb_learn_cpu.yaml; EVAL_CFG=configs/eval/kb_search_cpu.yaml
+  search) SFT=configs/search_kb_sft_cpu.yaml; GRPO=configs/search_kb_learn_cpu.yaml; EVAL_CFG=configs/eval/kb_search_cpu.yaml; TRAIN_EVAL_CFG=configs/eval/kb_search_train_cpu.yaml
           CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/search_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target ${COPY_TARGET-0.8}" ;;
   autorefine) SFT=configs/autorefine_kb_sft_cpu.yaml; GRPO=configs/autorefine_kb_learn_cpu.yaml
-          EVAL_CFG=configs/eval/kb_autorefine_cpu.yaml
+          EVAL_CFG=configs/eval/kb_autorefine_cpu.yaml; TRAIN_EVAL_CFG=configs/eval/kb_autorefine_train_cpu.yaml
           CONTROL_ARGS=(env.kwargs.retrieval_enabled=false); CONTROL_LABEL="no-retrieval control"; ROOT=runs/autorefine_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-names --copy-target ${COPY_TARGET-0.8}" ;;
-  tooluse) SFT=configs/tooluse_sft_tiny_cpu.yaml; GRPO=configs/tooluse_learn_cpu.yaml; EVAL_CFG=configs/eval/tooluse_cpu.yaml
+  tooluse) SFT=configs/tooluse_sft_tiny_cpu.yaml; GRPO=configs/tooluse_learn_cpu.yaml; EVAL_CFG=configs/eval/tooluse_cpu.yaml; TRAIN_EVAL_CFG=configs/eval/tooluse_train_cpu.yaml
           CONTROL_ARGS=("env.kwargs.tools_enabled=[]"); CONTROL_LABEL="no-tool control"; ROOT=runs/tooluse_learning; PRETRAIN_DEFAULT=1500; COPY_NAMES="--copy-tool-calls --copy-target ${COPY_TARGET-0.8}" ;;
   *) echo "TASK must be retool, search, autorefine or tooluse (got '$TASK')" >&2; exit 2 ;;
 esac
@@ -89,4 +90,9 @@ if [ "${EVAL:-0}" = 1 ]; then  # held-out questions, before and after GRPO
   agentrl eval "$EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$OUT/sft-model" --out "$OUT/eval/sft"
   agentrl eval "$EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$final" --out "$OUT/eval/grpo"
   agentrl eval compare "$OUT/eval/sft" "$OUT/eval/grpo" | tee "$OUT/eval/compare.txt"
+  if [ -n "$TRAIN_EVAL_CFG" ]; then  # the training reward on fixed training questions: the rise GRPO made
+    agentrl eval "$TRAIN_EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$OUT/sft-model" --out "$OUT/eval/train_sft"
+    agentrl eval "$TRAIN_EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$final" --out "$OUT/eval/train_grpo"
+    agentrl eval compare "$OUT/eval/train_sft" "$OUT/eval/train_grpo" | tee "$OUT/eval/train_compare.txt"
+  fi
 fi

@@ -30,3 +30,23 @@ def test_search_recipes_train_a_step(recipe, bm25_index, shared_data, tmp_path):
     finally:
         trainer.close()
     assert len(history) == 1 and "train/loss" in history[0] and history[0]["rollout/turns"] >= 1
+
+
+@pytest.mark.parametrize("recipe, train_eval", [
+    ("search_kb_learn_cpu.yaml", "kb_search_train_cpu.yaml"),
+    ("autorefine_kb_learn_cpu.yaml", "kb_autorefine_train_cpu.yaml"),
+    ("tooluse_learn_cpu.yaml", "tooluse_train_cpu.yaml")])
+def test_train_split_evals_sample_and_reward_as_their_recipe(recipe, train_eval):
+    """The post-SFT level of a CPU learning run is measured by evaluating the SFT model on fixed
+    training questions: that is the training reward only if the eval samples and rewards exactly
+    as GRPO does (same env, env kwargs, dataset, temperature and token limits)."""
+    from agentrl.eval.config import load_eval_config
+
+    cfg = load_config(Path("configs") / recipe)
+    suite = load_eval_config(f"configs/eval/{train_eval}", ["model=m"])
+    (spec,) = suite.datasets
+    assert spec.env == cfg.env.id and spec.path == cfg.env.dataset
+    train_kwargs = {k: v for k, v in cfg.env.kwargs.items() if k != "index_dir"}  # the run's index
+    assert spec.env_kwargs == train_kwargs
+    for key in ("temperature", "top_p", "max_new_tokens_per_turn", "max_total_tokens", "max_observation_tokens"):
+        assert getattr(suite, key) == getattr(cfg.rollout, key), key
