@@ -100,6 +100,11 @@ def test_reported_components_are_metrics_over_the_samples_that_report_them():
                {**_sample("7", False), "components": {"em": 0.0, "_right_tools": 1.0}}]
     q = question_scores("qa", [{**s, "scores": {"correct": 0.0, "em": 0.0, "f1": 0.0, "cover_em": 0.0}} for s in samples])
     assert q["right_tools"] == (2.0, 3.0) and q["called_search"] == (2.0, 2.0) and "em" in q and "_right_tools" not in q
+    # AutoRefine-v0 reports _em / _f1 beside its F1 reward: kept apart, the eval's own em is not replaced
+    refine = [{**s, "scores": {"correct": 0.0, "em": 0.0, "f1": 0.0, "cover_em": 0.0}, "components": {"_em": 1.0, "_f1": 0.5}}
+              for s in samples]
+    r = question_scores("qa", refine)
+    assert r["em"] == q["em"] and r["f1"] == q["f1"] and r["env_em"] == (3.0, 3.0) and r["env_f1"] == (1.5, 3.0)
     # a component only some questions report: averaged over those, wherever the first question is
     out = aggregate([{"m": (1.0, 1.0)}, {"m": (0.0, 1.0), "right_tools": (1.0, 4.0)}], n_boot=50)
     assert out["right_tools"]["value"] == 0.25 and out["right_tools"]["n"] == 4

@@ -21,7 +21,8 @@ one bootstrap serves every metric, for one run and for the paired difference of 
   (the environment's) and ``answered`` (share of episodes that gave an answer).
 * What the environment reports beside its reward (components named ``_x``, e.g. ToolUse-v0's
   ``_right_tools``: the episode called exactly the tools its task kind needs) as ``x``, averaged
-  over the samples that report it.
+  over the samples that report it; as ``env_x`` where ``x`` is a metric computed here (AutoRefine's
+  ``_em`` / ``_f1``: the headline ``em`` stays the question-level average of the grader's).
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def question_scores(kind: str, samples: list[dict]) -> dict[str, tuple[float, fl
     })
     for name in sorted({c for s in samples for c in s.get("components", {}) if c.startswith("_")}):
         values = [s["components"][name] for s in samples if name in s.get("components", {})]
-        out[name[1:]] = (float(sum(values)), float(len(values)))
+        metric = name[1:] if name[1:] not in out else f"env_{name[1:]}"  # never replace the eval's own em / f1
+        out[metric] = (float(sum(values)), float(len(values)))
     return out
 
 
