@@ -32,6 +32,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "rollout"): ("agentrl.bench.rollout", "collector overhead and engines side by side"),
     ("bench", "trainer"): ("agentrl.bench.trainer", "agentrl GRPO against TRL's GRPOTrainer"),
     ("bench", "update"): ("agentrl.bench.update", "peak memory and time of one policy update: full logits vs chunked"),
+    ("bench", "algorithms"): ("agentrl.bench.algorithms", "every RL method on the CPU task: one leaderboard (reward, held-out, time)"),
 }
 
 
