@@ -23,6 +23,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("serve", "sandbox"): ("agentrl.sandbox.server", "serve the Python sandbox over HTTP"),
     ("train",): ("agentrl.trainer", "GRPO training from a YAML config"),
     ("sft",): ("agentrl.sft", "supervised warm start on tool-use traces"),
+    ("dpo",): ("agentrl.dpo", "DPO / IPO / KTO preference training from agent rollouts (optionally iterated)"),
     ("eval",): ("agentrl.eval.cli", "evaluate a model on benchmarks: the metrics papers report, with intervals"),
     ("eval", "compare"): ("agentrl.eval.compare", "two eval runs side by side with paired bootstrap intervals"),
     ("plot",): ("agentrl.plot", "plot a run's curves over steps (several runs overlaid) from run folders"),
