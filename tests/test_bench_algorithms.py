@@ -77,6 +77,7 @@ def test_dpo_runs_only_when_installed_and_its_iterations_take_the_same_budget(tm
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 6 subprocesses of a few CPU-seconds each; measured 48 min wall at nice 10 on 2 busy cores
 def test_leaderboard_end_to_end_then_resume_skips_finished_runs(tmp_path, capsys):
     from agentrl.model import cached_tiny_model
 
