@@ -112,6 +112,11 @@ class DPORunner:
         self.cfg = cfg
         _seed_everything(cfg.run.seed)
         self.out = Path(cfg.run.output_dir)
+        self.saved = None
+        if cfg.rollouts is not None:  # read (and checked) before any model loads: bad input fails fast
+            from agentrl.preference import load_rollouts
+
+            self.saved = load_rollouts(cfg.rollouts)
         self.model, self.tokenizer = load_policy(cfg)
         self.engine = TorchEngine(self.model, cfg.optim, self._steps_estimate(), autocast_bf16=cfg.model.dtype == "bfloat16")
         self.ref = self._frozen_reference(cfg.model.reference_path or cfg.model.path)
@@ -127,9 +132,14 @@ class DPORunner:
     def _steps_estimate(self) -> int:
         """Optimiser steps of the run, the LR schedule's horizon (an upper bound when collecting:
         the number of pairs is only known after each collection)."""
+        from agentrl.preference import build_pairs
+
         c, a = self.cfg.collect, self.cfg.algorithm
-        per_iteration = c.tasks_per_step * (a.max_pairs_per_group if get_loss(a.loss).paired else c.group_size) \
-            if c is not None else 1000 * a.batch_size
+        paired = get_loss(a.loss).paired
+        if c is not None:
+            per_iteration = c.tasks_per_step * (a.max_pairs_per_group if paired else c.group_size)
+        else:
+            per_iteration = len(build_pairs(self.saved, a.margin, a.max_pairs_per_group)) if paired else len(self.saved)
         return self.cfg.iterations * a.epochs * max(1, math.ceil(per_iteration / a.batch_size))
 
     def _frozen_reference(self, path: str):
@@ -206,10 +216,8 @@ class DPORunner:
         return history
 
     def _rollouts(self, iteration: int):
-        from agentrl.preference import load_rollouts
-
         if self.collector is None:
-            return load_rollouts(self.cfg.rollouts)
+            return self.saved
         c = self.cfg.collect
         tasks = []
         for _ in range(c.tasks_per_step):
@@ -289,11 +297,11 @@ class DPORunner:
     def _pair_step(self, spec, trajs, pairs: list[tuple[int, int]], ref: dict) -> dict:
         """One optimiser step's gradients over ``pairs``: the mean per-pair loss, micro-batched
         (``micro_batch_size`` sequences = half as many pairs per forward)."""
-        from agentrl.preference import PairLogps
+        from agentrl.preference import PairLogps, PreferenceMetrics
 
         a = self.cfg.algorithm
         micro = max(1, self.cfg.optim.micro_batch_size // 2)
-        sums = _Sums()
+        sums = PreferenceMetrics()
         self.model.train()
         for s in range(0, len(pairs), micro):
             chunk = pairs[s:s + micro]
@@ -310,13 +318,13 @@ class DPORunner:
     def _kto_step(self, spec, trajs, examples: list[int], ref: dict, flags: list[bool]) -> dict:
         """KTO: the batch's KL baseline first (mismatched sequences, no grad), then the mean
         per-example loss, micro-batched."""
-        from agentrl.preference import UnpairedLogps, kto_kl, mismatched
+        from agentrl.preference import PreferenceMetrics, UnpairedLogps, kto_kl, mismatched
 
         a = self.cfg.algorithm
         shifted = mismatched([trajs[i] for i in examples])
         kl = kto_kl(self._no_grad_logps(self.engine, shifted), self._no_grad_logps(self.ref, shifted))
         micro = self.cfg.optim.micro_batch_size
-        sums = _Sums()
+        sums = PreferenceMetrics()
         self.model.train()
         for s in range(0, len(examples), micro):
             chunk = examples[s:s + micro]
@@ -342,34 +350,6 @@ def get_loss(name: str):
 
 def _ref(ref: dict, index: list[int]) -> torch.Tensor:
     return torch.tensor([ref[i] for i in index], dtype=torch.float32)
-
-
-class _Sums:
-    """Per-step metrics under TRL's names, accumulated over micro-batches."""
-
-    def __init__(self):
-        self.loss, self.n = 0.0, 0
-        self.chosen, self.rejected, self.logp_chosen, self.logp_rejected = [], [], [], []
-
-    def add(self, losses, chosen, rejected, logp_chosen, logp_rejected) -> None:
-        self.loss += float(losses.detach().sum())
-        self.n += len(losses)
-        self.chosen.append(chosen.cpu())
-        self.rejected.append(rejected.cpu())
-        self.logp_chosen.append(logp_chosen.cpu())
-        self.logp_rejected.append(logp_rejected.cpu())
-
-    def record(self, paired: bool) -> dict:
-        c, r = torch.cat(self.chosen), torch.cat(self.rejected)
-        mean = lambda x: float(x.mean()) if x.numel() else float("nan")  # noqa: E731
-        out = {"train/loss": self.loss / max(self.n, 1), "rewards/chosen": mean(c), "rewards/rejected": mean(r),
-               "logps/chosen": mean(torch.cat(self.logp_chosen)), "logps/rejected": mean(torch.cat(self.logp_rejected))}
-        if paired:  # pairwise: fraction of pairs whose chosen implicit reward exceeds the rejected one
-            out.update({"rewards/accuracies": float((c > r).float().mean()), "rewards/margins": float((c - r).mean())})
-        else:  # KTO (unpaired): desirable rewards > 0, undesirable < 0 count as right; margin of the means
-            out.update({"rewards/accuracies": float(torch.cat([c > 0, r < 0]).float().mean()),
-                        "rewards/margins": mean(c) - mean(r) if c.numel() and r.numel() else float("nan")})
-        return out
 
 
 def _rollout_summary(trajs) -> dict:
@@ -403,13 +383,15 @@ def cli_main(args) -> int:
     except ConfigError as e:
         raise SystemExit(f"agentrl dpo: {e}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    runner = DPORunner(cfg)
+    runner = None
     try:
+        runner = DPORunner(cfg)
         history = runner.train()
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # bad input: missing rollouts, rows without loss_mask, no pairs
         raise SystemExit(f"agentrl dpo: {e}")
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
     last = history[-1]
     print(f"done: {len(history)} steps over {cfg.iterations} iteration(s), last loss {last['train/loss']:.4f}, "
           f"reward accuracy {last['rewards/accuracies']:.3f}; metrics in {runner.out / 'metrics.jsonl'}")

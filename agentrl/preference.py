@@ -231,3 +231,31 @@ def kto_loss(x: UnpairedLogps, beta: float, desirable_weight: float = 1.0, undes
 def kto_kl(policy_logps: Tensor, ref_logps: Tensor) -> Tensor:
     """KTO's reference point ``z0``: mean log-ratio on the mismatched sequences, detached, >= 0."""
     return (policy_logps - ref_logps).mean().detach().clamp(min=0)
+
+
+class PreferenceMetrics:
+    """Per-step metrics under TRL's names, accumulated over micro-batches."""
+
+    def __init__(self):
+        self.loss, self.n = 0.0, 0
+        self.chosen, self.rejected, self.logp_chosen, self.logp_rejected = [], [], [], []
+
+    def add(self, losses, chosen, rejected, logp_chosen, logp_rejected) -> None:
+        self.loss += float(losses.detach().sum())
+        self.n += len(losses)
+        self.chosen.append(chosen.cpu())
+        self.rejected.append(rejected.cpu())
+        self.logp_chosen.append(logp_chosen.cpu())
+        self.logp_rejected.append(logp_rejected.cpu())
+
+    def record(self, paired: bool) -> dict:
+        c, r = torch.cat(self.chosen), torch.cat(self.rejected)
+        mean = lambda x: float(x.mean()) if x.numel() else float("nan")  # noqa: E731
+        out = {"train/loss": self.loss / max(self.n, 1), "rewards/chosen": mean(c), "rewards/rejected": mean(r),
+               "logps/chosen": mean(torch.cat(self.logp_chosen)), "logps/rejected": mean(torch.cat(self.logp_rejected))}
+        if paired:  # pairwise: fraction of pairs whose chosen implicit reward exceeds the rejected one
+            out.update({"rewards/accuracies": float((c > r).float().mean()), "rewards/margins": float((c - r).mean())})
+        else:  # KTO (unpaired): desirable rewards > 0, undesirable < 0 count as right; margin of the means
+            out.update({"rewards/accuracies": float(torch.cat([c > 0, r < 0]).float().mean()),
+                        "rewards/margins": mean(c) - mean(r) if c.numel() and r.numel() else float("nan")})
+        return out

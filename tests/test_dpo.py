@@ -253,7 +253,7 @@ def test_dpo_run_moves_the_policy(tiny, tmp_path, loss):
 run: {{name: t, output_dir: {tmp_path / 'run'}, progress: false, report_to: [jsonl]}}
 model: {{path: {path}, init_if_missing: null}}
 rollouts: {tmp_path / 'rollouts.jsonl'}
-algorithm: {{loss: {loss}, beta: 0.1, epochs: 6, batch_size: 8}}
+algorithm: {{loss: {loss}, beta: 0.1, epochs: 6, batch_size: {8 if loss == "dpo" else 12}}}
 optim: {{lr: 1.0e-3, micro_batch_size: 16}}
 """)
     assert run_dpo(tmp_path) == 0
@@ -264,10 +264,11 @@ optim: {{lr: 1.0e-3, micro_batch_size: 16}}
     assert "reward/mean" in rows[0] and rows[0]["iteration"] == 1.0
     assert ("pairs/count" if loss == "dpo" else "kto/examples") in rows[0]
     margins = [r["rewards/margins"] for r in rows]
-    assert len(rows) == 6 and abs(margins[0]) < 1e-4  # the first step's policy is the reference
+    steps = 6  # one batch per epoch: 8 pairs (2 per task); kto: the 12 examples
+    assert len(rows) == steps and abs(margins[0]) < 1e-4  # the first step's policy is the reference
     assert margins[-1] > margins[0] + 0.5 and margins[-1] > margins[len(margins) // 2] > 0
     assert rows[-1]["rewards/accuracies"] == 1.0
-    assert (tmp_path / "run" / "checkpoints" / "step_00000006" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "checkpoints" / f"step_{steps:08d}" / "model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------- (5) bad input
