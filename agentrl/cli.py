@@ -33,6 +33,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "rollout"): ("agentrl.bench.rollout", "collector overhead and engines side by side"),
     ("bench", "trainer"): ("agentrl.bench.trainer", "agentrl GRPO against TRL's GRPOTrainer"),
     ("bench", "update"): ("agentrl.bench.update", "peak memory and time of one policy update: full logits vs chunked"),
+    ("bench", "weight-sync"): ("agentrl.bench.weight_sync", "seconds per vLLM weight push: shared memory vs safetensors file"),
     ("bench", "algorithms"): ("agentrl.bench.algorithms", "every RL method on the CPU task: one leaderboard (reward, held-out, time)"),
 }
 

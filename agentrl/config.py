@@ -141,7 +141,9 @@ class RolloutConfig(_Strict):
     tool_workers: int = Field(16, ge=1)
     num_threads: int = Field(1, ge=1, description="torch threads on CPU rollout paths")
     vllm: dict[str, Any] | None = None
-    """Options for vLLM's LLM(...) (gpu_memory_utilization, enforce_eager, ...); only with engine: vllm."""
+    """Options for VLLMEngine and vLLM's LLM(...) (gpu_memory_utilization, enforce_eager, ...); only with
+    engine: vllm. ``weight_sync: memory`` (default: weight pushes through shared memory) or ``file``
+    (through safetensors files, the fallback)."""
 
 
 class AlgorithmConfig(_Strict):
@@ -314,6 +316,8 @@ class TrainConfig(_Strict):
             raise ValueError("model.reference_path is set but algorithm.kl_coef is 0, so it would be ignored")
         if r.vllm is not None and r.engine != "vllm":
             raise ValueError("rollout.vllm options are set but rollout.engine is hf: set rollout.engine: vllm or remove rollout.vllm")
+        if (r.vllm or {}).get("weight_sync", "memory") not in ("memory", "file"):
+            raise ValueError(f"rollout.vllm.weight_sync must be memory or file, got {r.vllm['weight_sync']!r}")
         if self.deepspeed is not None and self.engine != "deepspeed":
             raise ValueError("deepspeed options are set but engine is torch: set engine: deepspeed or remove deepspeed")
         if r.max_new_tokens_per_turn > r.max_total_tokens:

@@ -11,9 +11,14 @@ greedy) -- exactly what the trainer recomputes -- as long as top-k / top-p are o
 top-p vLLM returns the log-prob under the truncated, renormalised distribution instead (HFEngine
 always returns the untruncated one); the completion's ``extras["logprobs"]`` says which.
 
-Weight updates: the state dict is written as safetensors into a directory the engine owns and
-the workers reload it in place (``collective_rpc("reload_weights", weights_path=...)``), then the
-prefix cache is reset so no stale KV blocks are reused.
+Weight updates (``weight_sync``): ``"memory"`` (the default) copies the state dict into one
+shared-memory block and the workers reload it in place from there
+(:mod:`agentrl.engines.vllm_weight_sync` says why that route); ``"file"`` writes it as safetensors
+into a directory the engine owns and the workers reload that
+(``collective_rpc("reload_weights", weights_path=...)``). The file route is also taken, with one
+warning, when the installed vLLM cannot reload from tensors. Either way the names and shapes are
+checked first (an unknown name or a wrong shape is a ``ValueError`` naming the tensor, and the
+engine keeps its weights), and the prefix cache is reset so no stale KV blocks are reused.
 """
 from __future__ import annotations
 
@@ -53,10 +58,22 @@ class VLLMEngine:
         ignore_eos: bool = False,
         weights_dir: str | os.PathLike | None = None,
         per_request_seed: bool | None = None,
+        weight_sync: str = "memory",
         **llm_kwargs: Any,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU worker refuses to start without it
         from vllm import LLM
+
+        from agentrl.engines import vllm_weight_sync
+
+        if weight_sync not in ("memory", "file"):
+            raise ValueError(f"weight_sync must be 'memory' or 'file', got {weight_sync!r}")
+        if weight_sync == "memory" and (reason := vllm_weight_sync.memory_sync_unavailable(llm_kwargs)):
+            vllm_weight_sync.warn_once(f"VLLMEngine: weight_sync=memory is not available ({reason}); pushing weights through files")
+            weight_sync = "file"
+        if weight_sync == "memory":
+            llm_kwargs["worker_extension_cls"] = vllm_weight_sync.WORKER_EXTENSION
+        self.weight_sync = weight_sync
 
         self.model_path = str(model)
         self.ignore_eos = ignore_eos
@@ -89,8 +106,10 @@ class VLLMEngine:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or self.model_path))
         self.tokenizer = tokenizer
         self.eos_ids = self._eos_ids()
+        # created on the first file push: the memory route never touches the disk
         self._owns_weights_dir = weights_dir is None
-        self.weights_dir = Path(weights_dir) if weights_dir else Path(tempfile.mkdtemp(prefix="agentrl-vllm-weights-"))
+        self.weights_dir: Path | None = Path(weights_dir) if weights_dir else None
+        self._expected_shapes: dict | None = None
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -161,18 +180,32 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ weights
     def update_weights(self, state_dict: dict) -> None:
-        """Write ``state_dict`` as safetensors and reload it in place in every worker."""
-        from safetensors.torch import save_file
+        """Load ``state_dict`` (HF names) into every worker, through memory or a file (``weight_sync``)."""
+        from agentrl.engines import vllm_weight_sync
 
         if hasattr(state_dict, "state_dict"):
             state_dict = state_dict.state_dict()
+        if self._expected_shapes is None:
+            self._expected_shapes = vllm_weight_sync.expected_shapes(self.model_path) or {}
+        vllm_weight_sync.check_state_dict(state_dict, self._expected_shapes or None)
+        if self.weight_sync == "memory":
+            vllm_weight_sync.push(self.llm, state_dict)
+        else:
+            self._push_file(state_dict)
+        self.llm.reset_prefix_cache()
+
+    def _push_file(self, state_dict: dict) -> None:
+        """Write ``state_dict`` as safetensors and reload it in place in every worker."""
+        from safetensors.torch import save_file
+
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+        if self.weights_dir is None:
+            self.weights_dir = Path(tempfile.mkdtemp(prefix="agentrl-vllm-weights-"))
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         for old in self.weights_dir.glob("*.safetensors"):
             old.unlink()
         save_file(tensors, str(self.weights_dir / "model.safetensors"), metadata={"format": "pt"})
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.weights_dir), "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
@@ -186,12 +219,12 @@ class VLLMEngine:
             except Exception:
                 pass
             del llm
-        if self._owns_weights_dir:
+        if self._owns_weights_dir and self.weights_dir is not None:
             shutil.rmtree(self.weights_dir, ignore_errors=True)
 
     def __del__(self):
         try:
-            if self._owns_weights_dir:
+            if self._owns_weights_dir and self.weights_dir is not None:
                 shutil.rmtree(self.weights_dir, ignore_errors=True)
         except Exception:
             pass
