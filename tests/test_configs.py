@@ -13,7 +13,10 @@ CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_recipe_validates(path):
-    cfg = load_config(path, schema=SFTConfig if "sft" in path.name else TrainConfig)
+    from agentrl.dpo import DPOConfig
+
+    schema = SFTConfig if "sft" in path.name else DPOConfig if path.name.startswith("dpo") else TrainConfig
+    cfg = load_config(path, schema=schema)
     assert cfg.run.steps >= 1
 
 
