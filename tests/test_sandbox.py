@@ -158,9 +158,11 @@ def test_session_close_leaves_no_process(sandbox):
 
 @pytest.mark.timeout(30)
 def test_one_shot_background_process_is_killed(sandbox):
-    sandbox.run("import subprocess\nsubprocess.Popen(['sleep', '300'])")
+    # a duration no other process on the machine uses: a plain `sleep 300` elsewhere made this fail
+    duration = f"300.{os.getpid()}{time.time_ns() % 10**6}"
+    sandbox.run(f"import subprocess\nsubprocess.Popen(['sleep', '{duration}'])")
     time.sleep(0.2)
-    sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x00300\x00"]
+    sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == f"sleep\x00{duration}\x00"]
     assert not sleepers
 
 
