@@ -87,12 +87,13 @@ if [ "${EVAL:-0}" = 1 ]; then  # held-out questions, before and after GRPO
   final=$(ls -d "$OUT"/grpo/checkpoints/step_* | sort | tail -1)
   EVAL_ARGS=(${EVAL_LIMIT:+"limit=$EVAL_LIMIT"})
   if [ "$TASK" = search ] || [ "$TASK" = autorefine ]; then EVAL_ARGS+=("retrieval.index_dir=$OUT/index"); fi
-  agentrl eval "$EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$OUT/sft-model" --out "$OUT/eval/sft"
-  agentrl eval "$EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$final" --out "$OUT/eval/grpo"
-  agentrl eval compare "$OUT/eval/sft" "$OUT/eval/grpo" | tee "$OUT/eval/compare.txt"
-  if [ -n "$TRAIN_EVAL_CFG" ]; then  # the training reward on fixed training questions: the rise GRPO made
-    agentrl eval "$TRAIN_EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$OUT/sft-model" --out "$OUT/eval/train_sft"
-    agentrl eval "$TRAIN_EVAL_CFG" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$final" --out "$OUT/eval/train_grpo"
-    agentrl eval compare "$OUT/eval/train_sft" "$OUT/eval/train_grpo" | tee "$OUT/eval/train_compare.txt"
-  fi
+  before_after() {  # before_after CONFIG PREFIX: the SFT and the final model on CONFIG's questions, compared
+    local cfg=$1 prefix=$2
+    agentrl eval "$cfg" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$OUT/sft-model" --out "$OUT/eval/${prefix}sft"
+    agentrl eval "$cfg" ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} --model "$final" --out "$OUT/eval/${prefix}grpo"
+    agentrl eval compare "$OUT/eval/${prefix}sft" "$OUT/eval/${prefix}grpo" | tee "$OUT/eval/${prefix}compare.txt"
+  }
+  before_after "$EVAL_CFG" ""
+  # the training reward on fixed training questions: the rise GRPO made over the post-SFT level
+  if [ -n "$TRAIN_EVAL_CFG" ]; then before_after "$TRAIN_EVAL_CFG" train_; fi
 fi

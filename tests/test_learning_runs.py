@@ -37,6 +37,9 @@ def test_shortened_search_run_end_to_end(tmp_path, task, serve):
         metrics = json.loads((out / "eval" / stage / "metrics.json").read_text())
         assert {"kb_1hop", "kb_2hop"} <= set(metrics), metrics.keys()
     assert "kb_2hop" in (out / "eval" / "compare.txt").read_text()
+    for stage in ("train_sft", "train_grpo"):  # the training reward on fixed training questions
+        assert "reward" in json.loads((out / "eval" / stage / "metrics.json").read_text())["kb_train"]
+    assert "kb_train" in (out / "eval" / "train_compare.txt").read_text()
     if serve == "1":  # the episodes' retriever was the server (a 4-step SFT model rarely searches, so the
         # stats may count no query; that the server answers the env's HTTP calls is tests/test_retrieval_*)
         config = yaml.safe_load((out / "grpo" / "config.yaml").read_text())
