@@ -144,6 +144,16 @@ class RolloutConfig(_Strict):
     """Options for VLLMEngine and vLLM's LLM(...) (gpu_memory_utilization, enforce_eager, ...); only with
     engine: vllm. ``weight_sync: memory`` (default: weight pushes through shared memory) or ``file``
     (through safetensors files, the fallback)."""
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: each step samples its batch with the current weights, then trains on it. ``async``
+    (``agentrl.async_rollout``, docs/async_rollouts.md): a rollout worker process with its own copy
+    of the policy samples the next batches while the trainer updates on this one; weights reach it
+    through shared memory after every optimiser step. Async defaults the off-policy correction to
+    the decoupled objective (``algorithm.old_logprobs: recompute``, ``tis: token``) unless set."""
+    max_staleness: int = Field(1, ge=0)
+    """``async`` only: the trainer never trains at step t on a batch sampled with weights older than
+    version t - max_staleness (AReaL's ``max_head_offpolicyness``). 1: one-step-off (verl's recipe);
+    0: no overlap, the same batches, seeds and updates as ``sync``."""
 
 
 class AlgorithmConfig(_Strict):
@@ -291,6 +301,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _no_silently_ignored_options(self) -> "TrainConfig":
         a, r = self.algorithm, self.rollout
+        self._async_rollouts()
         if a.dynamic_sampling and r.group_size < 2:
             raise ValueError("algorithm.dynamic_sampling needs rollout.group_size >= 2 (a group of one is never informative)")
         self._gae_options_need_gae()
@@ -329,6 +340,34 @@ class TrainConfig(_Strict):
             raise ValueError("algorithm.clip_high < clip_low: clip-higher means clip_high >= clip_low")
         return self
 
+
+    def _async_rollouts(self) -> None:
+        """What ``rollout.mode: async`` supports, and its off-policy defaults: the decoupled PPO
+        objective (AReaL, arXiv:2505.24298): the PPO ratio against the proximal policy (the
+        trainer's weights before the update, recomputed) and the behaviour policy (the worker's
+        stale weights) only through truncated importance weights min(pi_prox / pi_behav, tis_cap)
+        (verl ``rollout_is``). Set where the user left ``old_logprobs`` / ``tis`` unset; an explicit
+        ``old_logprobs: engine`` is allowed (the trainer warns)."""
+        a, r = self.algorithm, self.rollout
+        if r.mode == "sync":
+            if r.max_staleness != RolloutConfig().max_staleness:
+                raise ValueError("rollout.max_staleness only applies with rollout.mode: async")
+            return
+        refused = [(r.engine == "vllm", "rollout.engine: vllm (not yet: the worker runs an HF copy of the policy; "
+                                       "use rollout.mode: sync with vllm)"),
+                   (self.engine == "deepspeed", "engine: deepspeed (data-parallel ranks would each need a worker "
+                                                "and agree on batches: not yet)"),
+                   (a.dynamic_sampling, "algorithm.dynamic_sampling (its extra tries depend on the rewards of the "
+                                        "batch just sampled, which a pipelined worker has not waited for)"),
+                   (a.advantage == "remax", "algorithm.advantage: remax (its greedy baseline rollouts run on the "
+                                            "trainer's weights, not the batch's behaviour weights)")]
+        for bad, what in refused:
+            if bad:
+                raise ValueError(f"rollout.mode: async does not support {what}; set rollout.mode: sync")
+        if "old_logprobs" not in a.model_fields_set:
+            a.old_logprobs = "recompute"
+        if "tis" not in a.model_fields_set and a.old_logprobs == "recompute":
+            a.tis = "token"
 
     def _gae_options_need_gae(self) -> None:
         # non-default values, not keys: a dumped config (run.output_dir/config.yaml) lists every key

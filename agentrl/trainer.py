@@ -6,13 +6,15 @@ to the rollout engine -> metrics, checkpoint. Algorithms are chosen by name from
 Right after collection, ``advantage: remax`` adds one greedy rollout per prompt (its reward is the
 baseline; never trained on) and ``reward.source: majority_vote`` replaces the env's correctness
 reward by agreement with the group's majority answer (``agentrl.pseudo_labels``).
+``rollout.mode: async`` (``agentrl.async_rollout``): a worker process samples the next batches
+with a copy of the policy at most ``rollout.max_staleness`` versions old while this process
+trains; each step takes its batch from it and pushes the new weights back.
 
 Data parallel (``engine: deepspeed`` under ``torchrun`` / ``deepspeed``; the engine's ``rank`` /
 ``world_size``; with ``TorchEngine`` these are 0 / 1 and every reduction is the identity):
 
-* Rollouts: every rank draws the same tasks (``data_pos`` stays in step) and keeps whole groups
-  ``rank::world_size``, sampling with a rank-offset seed. Dynamic sampling counts informative
-  groups over all ranks, so every rank makes the same number of tries.
+* Rollouts (``agentrl.sampling``): every rank draws the same tasks and keeps whole groups
+  ``rank::world_size``, sampling with a rank-offset seed; dynamic sampling agrees over ranks.
 * Loss: micro-batch weights use the global normaliser (tokens or sequences summed over ranks)
   times ``world_size`` (DeepSpeed averages gradients over ranks), so the update equals the
   single-process update on the whole batch. Every rank runs the same number of micro-batches
@@ -26,83 +28,31 @@ Data parallel (``engine: deepspeed`` under ``torchrun`` / ``deepspeed``; the eng
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from agentrl import advantages as adv_lib
-from agentrl.batch import collate
+from agentrl.batch import batch_metrics, collate
+# re-exported: agentrl sft / dpo and tests import them from here
+from agentrl.builders import (_seed_everything, load_policy, make_rollout_engine, make_train_engine,  # noqa: F401
+                              vllm_engine_kwargs)
 from agentrl.checkpoint import Checkpointer
-from agentrl.collector import Collector, CollectorConfig
 from agentrl.config import TrainConfig
 from agentrl.critic import Critic
 from agentrl.losses import kl_penalty
 from agentrl.metrics import (MetricsWriter, ProgressBar, rollout_metrics, rollout_metrics_from_sums, rollout_sums,
                              sum_dicts)
 from agentrl.policy_update import PolicyUpdate
-from agentrl.group_scoring import GroupScorer
+from agentrl.sampling import BatchSampler
 from agentrl.types import Trajectory
 
 log = logging.getLogger("agentrl.trainer")
-
-
-def load_policy(cfg: TrainConfig):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(cfg.model.path)
-    if not path.exists() and cfg.model.init_if_missing:
-        from agentrl.model import init_tiny_model
-
-        init_tiny_model(path, size=cfg.model.init_if_missing, seed=cfg.run.seed)
-    if not path.exists():
-        raise FileNotFoundError(f"model.path {path} does not exist (set model.init_if_missing: tiny to build one)")
-    # engine: torch keeps float32 parameters (master weights) and computes in bf16 under autocast
-    dtype = torch.float32 if getattr(cfg, "engine", "torch") == "torch" else getattr(torch, cfg.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if cfg.model.lora is not None:  # adapters injected in place: the same module, only they train
-        from agentrl.lora import add_adapters
-
-        add_adapters(model, cfg.model.lora)
-    return model, AutoTokenizer.from_pretrained(path)
-
-
-def make_train_engine(cfg: TrainConfig, model):
-    if cfg.engine == "deepspeed":
-        from agentrl.deepspeed_engine import DeepSpeedEngine
-
-        return DeepSpeedEngine(model, cfg)
-    from agentrl.train_engine import TorchEngine, optimizer_steps
-
-    return TorchEngine(model, cfg.optim, optimizer_steps(cfg), autocast_bf16=cfg.model.dtype == "bfloat16")
-
-
-def vllm_engine_kwargs(cfg: TrainConfig) -> dict:
-    """``VLLMEngine`` options: the run's ``rollout.vllm`` over a dtype that follows ``model.dtype``
-    (vLLM samples in the training dtype unless ``rollout.vllm.dtype`` says otherwise)."""
-    return {"dtype": cfg.model.dtype, **(cfg.rollout.vllm or {})}
-
-
-def make_rollout_engine(cfg: TrainConfig, model, tokenizer, separate_copy: bool = False):
-    if cfg.rollout.engine == "vllm":
-        from agentrl.engines.vllm import VLLMEngine
-
-        return VLLMEngine(cfg.model.path, **vllm_engine_kwargs(cfg))
-    from agentrl.engines.hf import HFEngine
-
-    if separate_copy:  # ZeRO-3: a full, unpartitioned copy, refreshed by update_weights after each step
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=getattr(torch, cfg.model.dtype)).eval()
-        model.requires_grad_(False)
-    # Otherwise on CPU the rollout engine shares the policy module: no weight copy, no push.
-    return HFEngine(model, tokenizer=tokenizer, num_threads=cfg.rollout.num_threads)
 
 
 class GRPOTrainer:
@@ -120,28 +70,15 @@ class GRPOTrainer:
         self.rollout = make_rollout_engine(cfg, self.model, self.tokenizer, separate_copy=rollout_copy)
         # the rollout engine holds its own weights: push the policy's after every change
         self._push_weights = cfg.rollout.engine == "vllm" or rollout_copy
-        env_kwargs = dict(cfg.env.kwargs)
-        if cfg.env.dataset:
-            env_kwargs["dataset"] = cfg.env.dataset
-        if cfg.env.limit:
-            env_kwargs["limit"] = cfg.env.limit
-        r = cfg.rollout
-        self.collector = Collector(cfg.env.id, self.rollout, CollectorConfig(
-            max_new_tokens_per_turn=r.max_new_tokens_per_turn, max_total_tokens=r.max_total_tokens,
-            max_observation_tokens=r.max_observation_tokens, tool_workers=r.tool_workers,
-            temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, seed=cfg.run.seed), env_kwargs=env_kwargs)
-        # ReMax's baseline episodes: same env, engine and limits, greedy (its own env pool: one env per task)
-        self.greedy_collector = Collector(cfg.env.id, self.rollout, dataclasses.replace(
-            self.collector.config, temperature=0.0, top_p=1.0, top_k=0), env_kwargs=env_kwargs) \
-            if cfg.algorithm.advantage == "remax" else None
-        self.scorer = GroupScorer(cfg, self.greedy_collector, self._overlong_penalty, self._reduced, self.world_size)
-        self.tasks = self._load_tasks(env_kwargs)
-        self.order = np.random.default_rng(cfg.run.seed).permutation(len(self.tasks)).tolist()
-        self.step, self.data_pos, self.restores = 0, 0, 0
+        self.sampler = BatchSampler(cfg, self.rollout, self._overlong_penalty, self._reduced, self.rank, self.world_size)
+        self.step, self.restores = 0, 0
+        self.rollouts = None  # rollout.mode: async: the worker process and the batches in flight
         self.checkpointer = Checkpointer(self.out / "checkpoints", keep=cfg.run.keep_checkpoints)
         resumed = resume and self.checkpointer.latest() is not None
         if resumed:
             self._restore(self.checkpointer.latest())
+        if cfg.rollout.mode == "async":  # started from the restored weights and data position
+            self.rollouts = start_async_rollouts(cfg, self.sampler, self.engine.policy_state_dict(), self.step)
         self.metrics = MetricsWriter.for_run(self.out, cfg.run, cfg.model_dump(mode="json"), enabled=self.engine.is_main,
                                              resume_step=self.step if resumed else None)
         if self.engine.is_main:
@@ -149,20 +86,20 @@ class GRPOTrainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     # -- setup ------------------------------------------------------------------------------
-    def _load_tasks(self, env_kwargs: dict) -> list[dict]:
-        import gymnasium as gym
+    # what the sampler owns, under the names tests and tools use
+    collector = property(lambda self: self.sampler.collector)
+    greedy_collector = property(lambda self: self.sampler.greedy_collector)
+    scorer = property(lambda self: self.sampler.scorer)
+    tasks = property(lambda self: self.sampler.tasks)
+    order = property(lambda self: self.sampler.order)
 
-        try:
-            probe = gym.make(self.cfg.env.id, **env_kwargs)
-        except ValueError as e:  # PythonTool refuses rows without gold unless told they are expected
-            if self.cfg.reward.source == "majority_vote" and "lacks field" in str(e):
-                raise ValueError(f"{e}; with reward.source: majority_vote rows need no gold: "
-                                 "set env.kwargs.require_answer: false") from None
-            raise
-        try:
-            return list(probe.unwrapped.tasks)
-        finally:
-            probe.close()
+    @property
+    def data_pos(self) -> int:
+        return self.sampler.data_pos
+
+    @data_pos.setter
+    def data_pos(self, value: int) -> None:
+        self.sampler.data_pos = value
 
     def _reference_model(self):
         """The frozen KL reference, placed by the train engine like the policy (its device and
@@ -198,7 +135,7 @@ class GRPOTrainer:
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
-        trajs, sampling = self._sample_batch()
+        trajs, sampling, timing = self._next_batch()
         t_rollout = time.perf_counter()
         counts = [int(round(c)) for c in self._per_rank(len(trajs))]  # trajectories held by each rank
         batch = collate(trajs, self.tokenizer.pad_token_id) if trajs else None
@@ -207,13 +144,15 @@ class GRPOTrainer:
         rewards = self._shaped_rewards(trajs, ref)
         if batch is not None:
             self._prepare(batch, trajs, rewards, ref)
-        batch_stats = self._batch_metrics(trajs, rewards, batch)
+        batch_stats = batch_metrics(trajs, rewards, batch, self.engine)
         update = self.updater(batch, counts, self.step) if sum(counts) else {"train/skipped": 1.0}
         t_train = time.perf_counter()
         record = {**self._rollout_metrics(trajs), **batch_stats, **sampling, **update, "train/lr": self.engine.lr}
-        record.update({"time/rollout_s": t_rollout - t0, "time/generation_s": self.collector.timing.get("generation_s", 0.0),
-                       "time/tools_s": self.collector.timing.get("tools_s", 0.0), "time/reference_s": t_ref - t_rollout,
-                       "time/training_s": t_train - t_ref, "time/step_s": t_train - t0})
+        staleness = [self.step - t.policy_version for t in trajs] or [0]
+        record.update({"time/rollout_s": t_rollout - t0, "time/generation_s": timing.get("generation_s", 0.0),
+                       "time/tools_s": timing.get("tools_s", 0.0), "time/reference_s": t_ref - t_rollout,
+                       "time/training_s": t_train - t_ref, "time/wait_rollout_s": timing.get("wait_s", t_rollout - t0),
+                       "async/staleness_mean": sum(staleness) / len(staleness), "async/staleness_max": max(staleness)})
         self.step += 1
         collapsed = self._collapsed(record)
         if self.world_size > 1:  # the metrics are global already; agree anyway (restore is a collective)
@@ -222,10 +161,36 @@ class GRPOTrainer:
                 record["guard/reasons"] = "collapse detected on another rank"
         if collapsed:
             self._recover(record)
-        elif self._push_weights:
-            self.rollout.update_weights(self.engine.policy_state_dict())
+        else:
+            record["time/weight_push_s"] = self._push()
+        record["time/step_s"] = time.perf_counter() - t0
         self._save_trajectories(trajs)
         return record
+
+    # -- rollouts ---------------------------------------------------------------------------
+    def _next_batch(self) -> tuple[list[Trajectory], dict, dict]:
+        """This step's trajectories, sampling stats and timing: sampled now with the current
+        weights (sync), or the async worker's batch for this step (sampled up to ``max_staleness``
+        versions ago; ``wait_s``: how long the trainer waited for it)."""
+        if self.rollouts is None:
+            trajs, sampling = self._sample_batch()
+            return trajs, sampling, self.collector.timing
+        got = self.rollouts.take(self.step)
+        return got.trajectories, self.sampler.score(got.tasks, got.trajectories, got.seed), {**got.timing, "wait_s": got.wait_s}
+
+    def _push(self) -> float:
+        """New weights to every rollout engine that holds its own; returns the seconds it took
+        (0 for an engine that shares the policy module). Async: then request the batches the
+        staleness bound now allows."""
+        start = time.perf_counter()
+        if self._push_weights:
+            self.rollout.update_weights(self.engine.policy_state_dict())
+        if self.rollouts is not None:
+            self.rollouts.push(self.engine.policy_state_dict(), self.step)
+        seconds = time.perf_counter() - start
+        if self.rollouts is not None:
+            self.rollouts.fill(self.step)
+        return seconds
 
     # -- data parallel helpers --------------------------------------------------------------
     def _per_rank(self, value: float) -> list[float]:
@@ -239,51 +204,8 @@ class GRPOTrainer:
             return rollout_metrics(trajs)
         return rollout_metrics_from_sums(sum_dicts(self.engine.all_gather_object(rollout_sums(trajs))))
 
-    def _next_tasks(self, n: int) -> list[dict]:
-        picked = []
-        for _ in range(n):
-            picked.append(self.tasks[self.order[self.data_pos % len(self.order)]])
-            self.data_pos += 1
-        return picked
-
     def _sample_batch(self) -> tuple[list[Trajectory], dict]:
-        """One batch of groups; with dynamic sampling, uninformative groups are dropped and more
-        are sampled (at most ``max_sampling_tries`` rounds) until the batch is full."""
-        a, r = self.cfg.algorithm, self.cfg.rollout
-        kept: list[Trajectory] = []
-        tries = dropped = 0
-        kept_groups = 0  # over all ranks
-        next_group = 0  # group ids are unique within the step: each try's groups get fresh ones
-        self.scorer.reset()
-        while tries < (a.max_sampling_tries if a.dynamic_sampling else 1):
-            need = r.tasks_per_step - kept_groups
-            if need <= 0:
-                break
-            # every rank draws the same tasks (data_pos stays in step) and keeps whole groups rank::world_size
-            tasks = self._next_tasks(need)[self.rank::self.world_size]
-            seed = (self.step * 1000 + tries) * self.world_size + self.rank
-            batch = self.collector.collect(tasks, r.group_size, seed=seed) if tasks else []
-            self.scorer.score(tasks, batch, seed)
-            tries += 1
-            for t in batch:
-                t.group_id += next_group
-            next_group += len(tasks)
-            local_dropped = 0
-            if a.dynamic_sampling and batch:
-                rewards, groups = _rewards_groups(batch)
-                keep = adv_lib.informative_groups(rewards, groups).tolist()
-                local_dropped = (len(batch) - sum(keep)) // r.group_size
-                batch = [t for t, k in zip(batch, keep) if k]
-            kept += batch
-            if self.world_size > 1:
-                new_groups, new_dropped = self.engine.all_reduce_sum([len(batch) // r.group_size, local_dropped])
-                kept_groups += int(round(new_groups))
-                dropped += int(round(new_dropped))
-            else:
-                kept_groups, dropped = len(kept) // r.group_size, dropped + local_dropped
-        stats = {"sampling/tries": float(tries), "sampling/dropped_groups": float(dropped),
-                 "sampling/groups": float(kept_groups)}
-        return kept, {**stats, **self.scorer.metrics()}
+        return self.sampler.sample(self.step)
 
     def _reduced(self, values: list[float]) -> list[float]:
         return values if self.world_size == 1 else self.engine.all_reduce_sum(values)
@@ -348,38 +270,6 @@ class GRPOTrainer:
         if ref is not None:
             batch["ref_logprobs"] = ref["logprobs"]
 
-    def _batch_metrics(self, trajs: list[Trajectory], rewards: torch.Tensor, batch: dict | None) -> dict:
-        """verl's / TRL's batch statistics: advantages over trained tokens, groups with all-equal
-        rewards (no gradient), response lengths and the share cut at the length limit."""
-        sums = {"adv_n": 0.0, "adv_sum": 0.0, "adv_sq": 0.0, "groups": 0.0, "flat_groups": 0.0, "episodes": 0.0,
-                "resp_sum": 0.0, "clipped": 0.0}
-        extremes = {"adv_max": -math.inf, "adv_min": math.inf, "resp_max": 0.0}
-        if trajs:
-            keep = batch["loss_mask"].bool()
-            adv = batch["advantages"][keep].double()
-            _, groups = _rewards_groups(trajs)
-            informative = adv_lib.informative_groups(rewards, groups)
-            lengths = [len(t.input_ids) - t.prompt_len for t in trajs]
-            sums.update(adv_n=float(adv.numel()), adv_sum=float(adv.sum()), adv_sq=float((adv ** 2).sum()),
-                        groups=float(len(set(groups.tolist()))), episodes=float(len(trajs)), resp_sum=float(sum(lengths)),
-                        flat_groups=float(len({g for g, i in zip(groups.tolist(), informative.tolist()) if not i})),
-                        clipped=float(sum(t.truncated for t in trajs)))
-            if adv.numel():
-                extremes.update(adv_max=float(adv.max()), adv_min=float(adv.min()))
-            extremes["resp_max"] = float(max(lengths))
-        if self.world_size > 1:
-            sums = sum_dicts(self.engine.all_gather_object(sums))
-            gathered = self.engine.all_gather_object(extremes)
-            extremes = {k: (min if k == "adv_min" else max)(g[k] for g in gathered) for k in extremes}
-        n, e = max(sums["adv_n"], 1.0), max(sums["episodes"], 1.0)
-        mean = sums["adv_sum"] / n
-        return {"adv/mean": mean, "adv/std": math.sqrt(max(0.0, sums["adv_sq"] / n - mean * mean)),
-                "adv/max": extremes["adv_max"] if sums["adv_n"] else 0.0,
-                "adv/min": extremes["adv_min"] if sums["adv_n"] else 0.0,
-                "batch/flat_group_frac": sums["flat_groups"] / max(sums["groups"], 1.0),
-                "response_length/mean": sums["resp_sum"] / e, "response_length/max": extremes["resp_max"],
-                "response_length/clip_frac": sums["clipped"] / e}
-
     def _evaluate(self) -> dict:
         """The ``eval:`` section's suite every ``eval.every`` steps, on rank 0 with the rollout
         engine (which holds the current weights: shared, or pushed after the step)."""
@@ -435,38 +325,48 @@ class GRPOTrainer:
         else:  # no checkpoint yet: the bad update was not applied (NaN) or is undone by reloading
             self.step -= 1
             where = "no checkpoint yet; step discarded"
-            if self._push_weights:  # whatever the policy holds now, the rollout engine must match it
-                self.rollout.update_weights(self.engine.policy_state_dict())
+            # whatever the policy holds now, the rollout engines must match it
+            self._weights_changed(self.rollouts.consumed_data_pos if self.rollouts is not None else self.data_pos)
         self.engine.scale_lr(g.lr_decay)
         record["guard/restored"] = 1.0
         log.warning("collapse guard at step %d: %s; %s; lr x%.2f", self.step, record["guard/reasons"], where, g.lr_decay)
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self) -> Path:
-        state = {"step": self.step, "data_pos": self.data_pos, "restores": self.restores}
+        # async: the position after the batches trained on (those in flight are sampled again on resume)
+        data_pos = self.rollouts.consumed_data_pos if self.rollouts is not None else self.data_pos
+        state = {"step": self.step, "data_pos": data_pos, "restores": self.restores}
         return self.checkpointer.save(self.step, self.engine, self.tokenizer, state, critic=self.critic)
 
     def _restore(self, directory: Path) -> None:
         state = self.checkpointer.load(directory, self.engine, critic=self.critic)
-        self.step, self.data_pos, self.restores = state["step"], state["data_pos"], state.get("restores", 0)
+        self.step, self.restores = state["step"], state.get("restores", 0)
+        self._weights_changed(state["data_pos"])
+
+    def _weights_changed(self, data_pos: int) -> None:
+        """After a restore or a discarded step: the rollout engines get the policy's weights and
+        sampling continues from ``data_pos`` (async: the batches in flight are discarded)."""
+        self.data_pos = data_pos
         if self._push_weights:
             self.rollout.update_weights(self.engine.policy_state_dict())
+        if self.rollouts is not None:
+            self.rollouts.restart(self.engine.policy_state_dict(), self.step, data_pos)
 
     def close(self) -> None:
-        self.collector.close()
-        self.scorer.close()
+        if self.rollouts is not None:
+            self.rollouts.close()
+        self.sampler.close()
 
 
-def _rewards_groups(trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor([t.reward for t in trajs]), torch.tensor([t.group_id for t in trajs])
+def start_async_rollouts(cfg: TrainConfig, sampler: BatchSampler, state_dict: dict, version: int):
+    from agentrl.async_rollout import AsyncRollouts
 
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    if cfg.algorithm.old_logprobs == "engine":  # set explicitly: the async default is recompute
+        log.warning("rollout.mode: async with algorithm.old_logprobs: engine: the PPO ratio is taken against the "
+                    "stale behaviour policy (up to rollout.max_staleness=%d versions old), so clipping no longer bounds "
+                    "the step from the current weights; the decoupled objective (old_logprobs: recompute, tis: token) "
+                    "is the async default", cfg.rollout.max_staleness)
+    return AsyncRollouts(cfg, sampler, state_dict, version)
 
 
 def add_cli_args(parser) -> None:

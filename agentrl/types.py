@@ -87,6 +87,9 @@ class Trajectory:
     turn_spans: list[tuple[int, int]] = field(default_factory=list)
     """(start, end) token positions of each model turn, for turn-level advantages."""
     info: dict[str, Any] = field(default_factory=dict)
+    policy_version: int = 0
+    """The weights version that sampled it: the number of optimiser steps behind those weights
+    (sync training: the step it is trained at; async rollouts: at most ``max_staleness`` less)."""
 
     @property
     def n_generated(self) -> int:

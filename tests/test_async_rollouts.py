@@ -1,0 +1,151 @@
+"""``rollout.mode: async``: a real rollout worker process (its own HF copy of the tiny model, its own
+Collector over the real PythonTool env and sandbox) on the mul2 tasks, against the sync trainer.
+
+Every async trainer here spawns one worker (an interpreter importing torch and transformers), so
+the file keeps to four of them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from agentrl.async_rollout import RolloutWorkerError
+from agentrl.config import ConfigError, load_config
+from agentrl.model import cached_tiny_model
+from agentrl.trainer import GRPOTrainer
+
+
+def tiny_cfg(out, *overrides):
+    return load_config("configs/retool_tiny_cpu.yaml", [
+        f"model.path={cached_tiny_model()}", "model.init_if_missing=null", f"run.output_dir={out}",
+        "run.progress=false", "run.report_to=[jsonl]", "env.dataset=package:mul2_train.jsonl",
+        "rollout.tasks_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens_per_turn=12",
+        "rollout.max_total_tokens=200", "env.kwargs.max_turns=2", "run.save_trajectories=4", *overrides])
+
+
+def run(cfg, resume=False, after=None):
+    """Train; ``after(trainer)`` runs before the trainer (and its worker) closes."""
+    trainer = GRPOTrainer(cfg, resume=resume)
+    try:
+        history = trainer.train()
+        extra = after(trainer) if after else None
+    finally:
+        trainer.close()
+    return history, trainer, extra
+
+
+def saved_trajectories(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+
+
+# -- (d) the config's rules -------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.engine=vllm"], "rollout.engine: vllm (not yet"),
+    (["engine=deepspeed"], "engine: deepspeed"),
+    (["algorithm.dynamic_sampling=true"], "algorithm.dynamic_sampling"),
+    (["algorithm.advantage=remax", "rollout.group_size=1"], "algorithm.advantage: remax"),
+    (["rollout.max_staleness=-1"], "rollout.max_staleness"),
+])
+def test_async_refuses_what_it_cannot_do(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config("configs/retool_tiny_cpu.yaml", ["rollout.mode=async", *overrides])
+
+
+def test_max_staleness_without_async_is_refused():
+    with pytest.raises(ConfigError, match="max_staleness only applies with rollout.mode: async"):
+        load_config("configs/retool_tiny_cpu.yaml", ["rollout.max_staleness=2"])
+    assert load_config("configs/retool_tiny_cpu.yaml").rollout.mode == "sync"
+
+
+def test_async_defaults_to_the_decoupled_objective_unless_told_otherwise():
+    a = load_config("configs/retool_tiny_cpu.yaml", ["rollout.mode=async"]).algorithm
+    assert (a.old_logprobs, a.tis, a.tis_cap) == ("recompute", "token", 2.0)
+    a = load_config("configs/retool_tiny_cpu.yaml", ["rollout.mode=async", "algorithm.old_logprobs=engine"]).algorithm
+    assert (a.old_logprobs, a.tis) == ("engine", "none")  # explicit: kept (the trainer warns)
+    a = load_config("configs/retool_tiny_cpu.yaml", ["rollout.mode=async", "algorithm.tis=sequence"]).algorithm
+    assert (a.old_logprobs, a.tis) == ("recompute", "sequence")
+    a = load_config("configs/retool_tiny_cpu.yaml").algorithm  # sync keeps its own defaults
+    assert (a.old_logprobs, a.tis) == ("engine", "none")
+    # a dumped async config (every key listed) loads to the same settings
+    cfg = load_config("configs/retool_tiny_cpu.yaml", ["rollout.mode=async"])
+    from agentrl.config import parse_config
+
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+# -- (b) K=0 is the sync run; (c) the worker samples with the pushed weights -------------------------
+def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp_path):
+    same = ["run.steps=2", "algorithm.old_logprobs=recompute", "algorithm.tis=token"]  # one objective in both
+    sync_hist, _, _ = run(tiny_cfg(tmp_path / "sync", *same))
+    name = "model.embed_tokens.weight"
+
+    def probe(trainer):
+        return trainer.rollouts.probe([name]), trainer.model.state_dict()[name].detach().clone()
+
+    async_hist, trainer, ((version, tensors), trained) = run(
+        tiny_cfg(tmp_path / "async", *same, "rollout.mode=async", "rollout.max_staleness=0"), after=probe)
+    sync_t, async_t = saved_trajectories(tmp_path / "sync"), saved_trajectories(tmp_path / "async")
+    assert len(sync_t) == len(async_t) == 8
+    for s, a in zip(sync_t, async_t):  # the same tasks, seeds and weights: the same episodes, token for token
+        assert (a["step"], a["task_id"], a["input_ids"], a["reward"]) == (s["step"], s["task_id"], s["input_ids"], s["reward"])
+        assert a["logprobs"] == s["logprobs"] and a["policy_version"] == s["policy_version"] == a["step"] - 1
+    assert [h["train/loss"] for h in async_hist] == [h["train/loss"] for h in sync_hist]
+    assert [h["async/staleness_max"] for h in async_hist] == [0, 0]
+    # step 2 was sampled by the worker after the push of step 1: its behaviour log-probs are the
+    # trainer's own (recomputed) ones up to kernel rounding -- not those of the initial weights
+    assert async_hist[1]["mismatch/abs_logp_diff_max"] < 1e-4
+    assert version == 2 and torch.equal(tensors[name], trained)
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(cached_tiny_model()).state_dict()[name]
+    assert not torch.equal(trained, initial)  # the probe saw weights that did move
+    for key in ("time/wait_rollout_s", "time/weight_push_s", "async/staleness_mean"):
+        assert key in async_hist[-1] and key in sync_hist[-1]
+
+
+# -- (a) K=1 overlaps with staleness <= 1; resume restarts the pipeline --------------------------------
+def test_k1_staleness_is_bounded_and_recorded_and_resume_discards_batches_in_flight(tmp_path):
+    cfg = tiny_cfg(tmp_path, "run.steps=3", "run.save_every=2", "rollout.mode=async", "rollout.max_staleness=1",
+                   "reward.source=majority_vote")
+    history, trainer, _ = run(cfg)
+    assert [h["async/staleness_max"] for h in history] == [0, 1, 1]  # batch 1 and on: sampled during the previous update
+    saved = saved_trajectories(tmp_path)
+    for h, step in zip(history, (1, 2, 3)):
+        versions = [t["policy_version"] for t in saved if t["step"] == step]
+        assert versions and all(step - 1 - v == h["async/staleness_max"] for v in versions)
+        assert "ttrl/majority_ratio" in h  # majority-vote rewards are scored in the trainer, on the received batch
+    state = json.loads((tmp_path / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert state["data_pos"] == 4  # 2 trained batches x 2 tasks; batch 3, in flight at the save, is not counted
+
+    resumed_hist, resumed, _ = run(tiny_cfg(tmp_path, "run.steps=4", "run.save_every=2", "rollout.mode=async",
+                                            "rollout.max_staleness=1", "reward.source=majority_vote"), resume=True)
+    assert len(resumed_hist) == 2 and resumed.step == 4
+    assert [h["async/staleness_max"] for h in resumed_hist] == [0, 1]  # the restored weights sample step 3's batch
+    step3 = [t for t in saved_trajectories(tmp_path) if t["step"] == 3]
+    first_run = step3[:4]
+    again = step3[4:]  # the resumed run's step 3: the same tasks as the first run's, drawn from data_pos 4
+    assert [t["task_id"] for t in again] == [t["task_id"] for t in first_run]
+    assert all(t["policy_version"] == 2 for t in again)
+
+
+# -- (e) a dead worker is a clear error, not a hang --------------------------------------------------
+def test_a_killed_worker_is_a_clear_error_and_an_explicit_engine_ratio_warns(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path, "run.steps=2", "rollout.mode=async", "algorithm.old_logprobs=engine")
+    with caplog.at_level(logging.WARNING, logger="agentrl.trainer"):
+        trainer = GRPOTrainer(cfg)
+    assert "old_logprobs: engine" in caplog.text and "stale behaviour policy" in caplog.text
+    try:
+        os.kill(trainer.rollouts.proc.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(RolloutWorkerError, match=r"rollout worker \(pid \d+\) was killed by signal 9"):
+            trainer.train()
+        assert time.monotonic() - start < 60
+    finally:
+        trainer.close()
+    assert trainer.rollouts.proc is None  # close() reaped it
