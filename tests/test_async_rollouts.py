@@ -2,7 +2,7 @@
 Collector over the real PythonTool env and sandbox) on the mul2 tasks, against the sync trainer.
 
 Every async trainer here spawns one worker (an interpreter importing torch and transformers), so
-the file keeps to four of them.
+the file keeps to four of them (the resume test, with two, is marked slow).
 """
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ def test_async_defaults_to_the_decoupled_objective_unless_told_otherwise():
 
 
 # -- (b) K=0 is the sync run; (c) the worker samples with the pushed weights -------------------------
+@pytest.mark.timeout(1800)  # a no-hang bound: a worker spawn imports torch + transformers, minutes on a loaded machine
 def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp_path):
     same = ["run.steps=2", "algorithm.old_logprobs=recompute", "algorithm.tis=token"]  # one objective in both
     sync_hist, _, _ = run(tiny_cfg(tmp_path / "sync", *same))
@@ -110,6 +111,8 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
 
 
 # -- (a) K=1 overlaps with staleness <= 1; resume restarts the pipeline --------------------------------
+@pytest.mark.slow  # two worker spawns
+@pytest.mark.timeout(1800)
 def test_k1_staleness_is_bounded_and_recorded_and_resume_discards_batches_in_flight(tmp_path):
     cfg = tiny_cfg(tmp_path, "run.steps=3", "run.save_every=2", "rollout.mode=async", "rollout.max_staleness=1",
                    "reward.source=majority_vote")

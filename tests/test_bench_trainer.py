@@ -65,6 +65,18 @@ def test_ratios_and_verdict():
     assert r["single"]["s_per_step_agentrl_over_trl"] == 0.5 and r["single"]["meets_target_1x"]
 
 
+def test_async_ratios_put_agentrl_async_against_agentrl_sync():
+    results = [
+        {"ok": True, "variant": "single", "framework": "agentrl", "s_per_step": 2.0, "tokens_per_s": 100.0},
+        {"ok": True, "variant": "single", "framework": "agentrl_async", "s_per_step": 1.5, "tokens_per_s": 150.0},
+        {"ok": True, "variant": "tool", "framework": "agentrl_async", "s_per_step": 1.0, "tokens_per_s": 1.0},
+    ]
+    r = bt._async_ratios(results)
+    assert set(r) == {"single"}  # the tool variant has no sync run to compare with
+    assert r["single"] == {"s_per_step_async_over_sync": 0.75, "tokens_per_s_async_over_sync": 1.5}
+    assert bt._ratios(results) == {}  # no TRL run: no TRL ratio
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl not installed (pip install -r bench-requirements.txt)")
 def test_bench_trainer_cli_runs_both_frameworks(tmp_path):

@@ -7,6 +7,10 @@ both sides executing code in the same ``agentrl.sandbox`` local sandbox). Every 
 subprocess (``python -m agentrl.bench.trainer --worker ...``), one after the other, so memory
 peaks (``ru_maxrss``) do not mix and both pay the same import / thread state.
 
+``agentrl_async`` is the same agentrl run with ``rollout.mode: async`` (``max_staleness: 1``): a
+worker process samples batch t+1 while the trainer updates on batch t (docs/async_rollouts.md);
+the table gives its time per step against the sync run's.
+
 Seconds per step exclude model loading and trainer construction: agentrl reports per-step
 ``time/step_s``; TRL is timed by a ``TrainerCallback`` from ``on_step_begin`` to ``on_step_end``
 (generation, reward, loss, backward and optimiser step are all inside). The first step is a
@@ -32,7 +36,7 @@ from pathlib import Path
 
 INSTALL_HINT = "pip install -r bench-requirements.txt  (pins trl==1.16.0; keep torch: add --constraint <(echo torch==2.13.0))"
 VARIANTS = ("single", "tool")
-FRAMEWORKS = ("agentrl", "trl")
+FRAMEWORKS = ("agentrl", "agentrl_async", "trl")  # agentrl_async: rollout.mode: async (docs/async_rollouts.md)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +54,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in every run (both frameworks; generation and training)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
+    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
+                        help="agentrl_async: agentrl with rollout.mode: async, max_staleness 1")
     parser.add_argument("--warm-start-steps", type=int, default=150,
                         help="tool variant: supervised steps on Hermes tool-call traces before benchmarking, so both "
                              "frameworks actually call the tool (a random model never emits a parseable call); 0 = off")
@@ -117,7 +122,8 @@ def cli_main(args: argparse.Namespace) -> int:
             results.append(best)
 
     report = {"config": dict(base, model=model, models=models, variants=args.variants, repeats=args.repeats),
-              "versions": _versions(trl_version), "results": results, "ratios": _ratios(results), "notes": notes}
+              "versions": _versions(trl_version), "results": results, "ratios": _ratios(results),
+              "async_ratios": _async_ratios(results), "notes": notes}
     _print_table(console, report)
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
     console.print(f"results written to {args.out}")
@@ -189,6 +195,18 @@ def _ratios(results: list[dict]) -> dict:
     return out
 
 
+def _async_ratios(results: list[dict]) -> dict:
+    """Per variant: agentrl's async rollouts against its sync ones, the same run otherwise."""
+    by = {(r["variant"], r["framework"]): r for r in results if r.get("ok")}
+    out = {}
+    for variant in VARIANTS:
+        a, s = by.get((variant, "agentrl_async")), by.get((variant, "agentrl"))
+        if a and s:
+            out[variant] = {"s_per_step_async_over_sync": a["s_per_step"] / s["s_per_step"],
+                            "tokens_per_s_async_over_sync": a["tokens_per_s"] / max(s["tokens_per_s"], 1e-9)}
+    return out
+
+
 def _print_table(console, report: dict) -> None:
     from rich.table import Table
 
@@ -197,12 +215,12 @@ def _print_table(console, report: dict) -> None:
              f"{cfg['max_new_tokens']} new tokens/turn, {cfg['steps']} steps, torch threads {cfg['threads']}")
     table = Table(title=title)
     for col in ("variant", "framework", "s/step", "CPU s/step", "1st step s", "tokens/s", "gen tok/episode", "tool calls/ep",
-                "reward", "peak RSS MB", "startup s", "x TRL s/step"):
+                "reward", "peak RSS MB", "startup s", "x TRL s/step", "x sync s/step"):
         table.add_column(col, justify="left" if col in ("variant", "framework") else "right")
     ratios = report["ratios"]
     for r in report["results"]:
         if not r.get("ok"):
-            table.add_row(r["variant"], r["framework"], "failed", *[""] * 9)
+            table.add_row(r["variant"], r["framework"], "failed", *[""] * 10)
             continue
         ratio = ""
         if r["framework"] == "agentrl" and r["variant"] in ratios:
@@ -210,10 +228,14 @@ def _print_table(console, report: dict) -> None:
             ratio = f"[{'green' if x <= 1.0 else 'red'}]{x:.2f}x[/]"
         elif r["framework"] == "trl" and r["variant"] in ratios:
             ratio = "1.00x"
+        async_ratio = ""
+        if r["variant"] in report.get("async_ratios", {}) and r["framework"] in ("agentrl", "agentrl_async"):
+            x = report["async_ratios"][r["variant"]]["s_per_step_async_over_sync"] if r["framework"] == "agentrl_async" else 1.0
+            async_ratio = f"{x:.2f}x"
         table.add_row(r["variant"], r["framework"], f"{r['s_per_step']:.3f}", f"{r['cpu_s_per_step']:.3f}", f"{r['first_step_s']:.3f}",
                       f"{r['tokens_per_s']:.0f}", f"{r['gen_tokens_per_episode']:.1f}",
                       f"{r['tool_calls_per_episode']:.2f}", f"{r['reward_mean']:.3f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['startup_s']:.1f}", ratio)
+                      f"{r['startup_s']:.1f}", ratio, async_ratio)
     console.print(table)
     v = report["versions"]
     console.print(f"[dim]torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, accelerate {v['accelerate']}; "
@@ -225,6 +247,8 @@ def _print_table(console, report: dict) -> None:
             console.print(f"[yellow]{r['framework']}/{r['variant']}:[/yellow] {note}")
     for note in report["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")
+    for variant, x in report.get("async_ratios", {}).items():
+        console.print(f"{variant}: agentrl async rollouts take {x['s_per_step_async_over_sync']:.2f}x the sync time per step")
     for variant, x in ratios.items():
         verdict = "meets" if x["meets_target_1x"] else "MISSES"
         console.print(f"{variant}: agentrl {x['s_per_step_agentrl_over_trl']:.2f}x TRL's time per step "
@@ -236,6 +260,7 @@ def _print_table(console, report: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # kind -> "module:function"; imported in the worker only, so the parent never loads torch or TRL
 WORKERS = {"agentrl": "agentrl.bench.trainer_agentrl:worker_agentrl",
+           "agentrl_async": "agentrl.bench.trainer_agentrl:worker_agentrl_async",
            "trl": "agentrl.bench.trainer_trl:worker_trl",
            "warm": "agentrl.bench.trainer_common:worker_warm"}
 
