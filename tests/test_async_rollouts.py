@@ -95,8 +95,10 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
     assert len(sync_t) == len(async_t) == 8
     for s, a in zip(sync_t, async_t):  # the same tasks, seeds and weights: the same episodes, token for token
         assert (a["step"], a["task_id"], a["input_ids"], a["reward"]) == (s["step"], s["task_id"], s["input_ids"], s["reward"])
-        assert a["logprobs"] == s["logprobs"] and a["policy_version"] == s["policy_version"] == a["step"] - 1
-    assert [h["train/loss"] for h in async_hist] == [h["train/loss"] for h in sync_hist]
+        # the worker's module is its own: log-probs agree to float32 rounding (seen: 5e-7), not bit for bit
+        assert a["logprobs"] == pytest.approx(s["logprobs"], abs=1e-5)
+        assert a["policy_version"] == s["policy_version"] == a["step"] - 1
+    assert [h["train/loss"] for h in async_hist] == pytest.approx([h["train/loss"] for h in sync_hist], rel=1e-4, abs=1e-6)
     assert [h["async/staleness_max"] for h in async_hist] == [0, 0]
     # step 2 was sampled by the worker after the push of step 1: its behaviour log-probs are the
     # trainer's own (recomputed) ones up to kernel rounding -- not those of the initial weights
