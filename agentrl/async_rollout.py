@@ -298,11 +298,12 @@ def worker_main(spec: dict, shared: dict[str, torch.Tensor], version, push_id, l
                     own = model.state_dict()
                     res = RolloutResult(req.id, held, tensors={n: own[n].detach().numpy().copy() for n in req.names})
                 else:
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     trajs = collector.collect(req.tasks, req.group_size, seed=req.seed)
                     for t in trajs:
                         t.policy_version = held
-                    res = RolloutResult(req.id, held, trajs, {**collector.timing, "collect_s": time.perf_counter() - start})
+                    res = RolloutResult(req.id, held, trajs, {**collector.timing, "collect_s": time.perf_counter() - start,
+                                                              "worker_cpu_s": time.process_time() - cpu})
             except Exception:
                 res = RolloutResult(req.id, error=traceback.format_exc())
             results.send(res)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -77,8 +78,10 @@ class GRPOTrainer:
         resumed = resume and self.checkpointer.latest() is not None
         if resumed:
             self._restore(self.checkpointer.latest())
+        self._torch_threads = torch.get_num_threads()
         if cfg.rollout.mode == "async":  # started from the restored weights and data position
-            self.rollouts = start_async_rollouts(cfg, self.sampler, self.engine.policy_state_dict(), self.step)
+            self.rollouts = start_async_rollouts(cfg, self.sampler, self.engine.policy_state_dict(), self.step,
+                                                 on_cpu=self.engine.device.type == "cpu")
         self.metrics = MetricsWriter.for_run(self.out, cfg.run, cfg.model_dump(mode="json"), enabled=self.engine.is_main,
                                              resume_step=self.step if resumed else None)
         if self.engine.is_main:
@@ -153,6 +156,8 @@ class GRPOTrainer:
                        "time/tools_s": timing.get("tools_s", 0.0), "time/reference_s": t_ref - t_rollout,
                        "time/training_s": t_train - t_ref, "time/wait_rollout_s": timing.get("wait_s", t_rollout - t0),
                        "async/staleness_mean": sum(staleness) / len(staleness), "async/staleness_max": max(staleness)})
+        if "worker_cpu_s" in timing:  # async: the rollout worker's CPU seconds for this batch
+            record["time/rollout_worker_cpu_s"] = timing["worker_cpu_s"]
         self.step += 1
         collapsed = self._collapsed(record)
         if self.world_size > 1:  # the metrics are global already; agree anyway (restore is a collective)
@@ -355,10 +360,11 @@ class GRPOTrainer:
     def close(self) -> None:
         if self.rollouts is not None:
             self.rollouts.close()
+            torch.set_num_threads(self._torch_threads)  # as before start_async_rollouts() lowered them
         self.sampler.close()
 
 
-def start_async_rollouts(cfg: TrainConfig, sampler: BatchSampler, state_dict: dict, version: int):
+def start_async_rollouts(cfg: TrainConfig, sampler: BatchSampler, state_dict: dict, version: int, on_cpu: bool):
     from agentrl.async_rollout import AsyncRollouts
 
     if cfg.algorithm.old_logprobs == "engine":  # set explicitly: the async default is recompute
@@ -366,6 +372,15 @@ def start_async_rollouts(cfg: TrainConfig, sampler: BatchSampler, state_dict: di
                     "stale behaviour policy (up to rollout.max_staleness=%d versions old), so clipping no longer bounds "
                     "the step from the current weights; the decoupled objective (old_logprobs: recompute, tis: token) "
                     "is the async default", cfg.rollout.max_staleness)
+    if on_cpu:
+        # the worker generates on rollout.num_threads cores: train on the others, not on all of
+        # them (OpenMP threads spinning on a core the worker needs slow both sides down)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores - cfg.rollout.num_threads)
+        if torch.get_num_threads() > threads:
+            log.info("rollout.mode: async on CPU: training on %d torch thread(s), the rollout worker on %d", threads,
+                     cfg.rollout.num_threads)
+            torch.set_num_threads(threads)
     return AsyncRollouts(cfg, sampler, state_dict, version)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 
@@ -82,7 +83,9 @@ def test_async_defaults_to_the_decoupled_objective_unless_told_otherwise():
 # -- (b) K=0 is the sync run; (c) the worker samples with the pushed weights -------------------------
 @pytest.mark.timeout(1800)  # a no-hang bound: a worker spawn imports torch + transformers, minutes on a loaded machine
 def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp_path):
-    same = ["run.steps=2", "algorithm.old_logprobs=recompute", "algorithm.tis=token"]  # one objective in both
+    # one objective in both; the tiny model scores 0 on every task, so the entropy bonus is what
+    # moves the weights (step 2 must be sampled with weights that differ from the initial ones)
+    same = ["run.steps=2", "algorithm.old_logprobs=recompute", "algorithm.tis=token", "algorithm.entropy_coef=0.01"]
     sync_hist, _, _ = run(tiny_cfg(tmp_path / "sync", *same))
     name = "model.embed_tokens.weight"
 
@@ -127,6 +130,7 @@ def test_k1_staleness_is_bounded_and_recorded_and_resume_discards_batches_in_fli
         assert "ttrl/majority_ratio" in h  # majority-vote rewards are scored in the trainer, on the received batch
     state = json.loads((tmp_path / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
     assert state["data_pos"] == 4  # 2 trained batches x 2 tasks; batch 3, in flight at the save, is not counted
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000003")  # as if the run had died before its final save
 
     resumed_hist, resumed, _ = run(tiny_cfg(tmp_path, "run.steps=4", "run.save_every=2", "rollout.mode=async",
                                             "rollout.max_staleness=1", "reward.source=majority_vote"), resume=True)

@@ -61,8 +61,21 @@ def test_ratios_and_verdict():
         {"ok": False, "variant": "tool", "framework": "trl", "error": "x"},
     ]
     r = bt._ratios(results)
-    assert set(r) == {"single"}
-    assert r["single"]["s_per_step_agentrl_over_trl"] == 0.5 and r["single"]["meets_target_1x"]
+    assert set(r) == {"single"} and set(r["single"]) == {"agentrl"}
+    x = r["single"]["agentrl"]
+    assert x["s_per_step_over_trl"] == 0.5 and x["meets_time_target"] and x["target_s_per_step_over_trl"] == 1.0
+    assert x["peak_memory_over_trl"] == 0.5 and x["peak_memory_measure"] == "peak_rss_mb"
+
+
+def test_async_is_held_to_0_6x_trl_and_memory_compares_whole_trees_when_both_have_them():
+    trl = {"ok": True, "variant": "tool", "framework": "trl", "s_per_step": 10.0, "tokens_per_s": 1.0,
+           "peak_rss_mb": 1000.0, "peak_tree_pss_mb": 1100.0, "cpu_s_per_step": 10.0}
+    fast = {**trl, "framework": "agentrl_async", "s_per_step": 5.9, "peak_rss_mb": 600.0, "peak_tree_pss_mb": 1200.0}
+    r = bt._ratios([trl, fast, {**fast, "framework": "agentrl", "s_per_step": 7.0}])["tool"]
+    assert r["agentrl_async"]["meets_time_target"] and r["agentrl"]["meets_time_target"]  # 0.59 <= 0.6; 0.7 <= 1.0
+    assert r["agentrl_async"]["peak_memory_measure"] == "peak_tree_pss_mb"  # not the trainer's own RSS (0.6x)
+    assert not r["agentrl_async"]["meets_memory_target"]
+    assert not bt._ratios([trl, {**fast, "s_per_step": 6.1}])["tool"]["agentrl_async"]["meets_time_target"]
 
 
 def test_async_ratios_put_agentrl_async_against_agentrl_sync():
@@ -92,6 +105,22 @@ def test_bench_trainer_cli_runs_both_frameworks(tmp_path):
     assert set(by) == {"agentrl", "trl"}
     for r in by.values():
         assert r["ok"] and len(r["step_s"]) == 2 and r["s_per_step"] > 0 and r["peak_rss_mb"] > 50
+        assert r["peak_tree_pss_mb"] > 50 and r["peak_tree_processes"] >= 1
         assert 0 < r["gen_tokens_per_episode"] <= 8
         assert r["torch_threads"] == 1
-    assert report["ratios"]["single"]["s_per_step_agentrl_over_trl"] > 0
+    assert report["ratios"]["single"]["agentrl"]["s_per_step_over_trl"] > 0
+
+
+def test_tree_memory_counts_a_child_process_and_its_pages_once(tmp_path):
+    """A real child that holds 200 MB of its own: the tree's peak PSS grows by about that much."""
+    import subprocess
+    import sys
+
+    from agentrl.bench.memory import TreeMemory
+
+    code = "import time, sys; b = bytearray(200 * 2**20); sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(1.5)"
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {code!r}])"])
+    with TreeMemory(parent.pid, interval_s=0.05) as mem:
+        parent.wait(timeout=60)
+    assert mem.peak_processes == 2  # the parent and its child were both seen
+    assert 200 <= mem.peak_mb < 200 + 2 * 60  # 200 MB + two small interpreters' private pages

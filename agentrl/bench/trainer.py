@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from agentrl.bench.memory import TreeMemory
+
 INSTALL_HINT = "pip install -r bench-requirements.txt  (pins trl==1.16.0; keep torch: add --constraint <(echo torch==2.13.0))"
 VARIANTS = ("single", "tool")
 FRAMEWORKS = ("agentrl", "agentrl_async", "trl")  # agentrl_async: rollout.mode: async (docs/async_rollouts.md)
@@ -163,34 +165,50 @@ def _run_worker(kind: str, spec: dict, timeout: float) -> dict:
         cmd = [sys.executable, "-m", "agentrl.bench.trainer", "--worker", kind, "--spec", json.dumps(spec),
                "--result", str(result), "--workdir", tmp]
         t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with TreeMemory(proc.pid) as memory:  # the run's whole tree: sandbox children, the async rollout worker
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
         wall = time.perf_counter() - t0
         if result.is_file():
             out = json.loads(result.read_text())
-            out["wall_s"] = wall
+            out.update(wall_s=wall, peak_tree_pss_mb=memory.peak_mb, peak_tree_processes=memory.peak_processes)
             return out
-        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
+        tail = "\n".join((stderr or stdout or "").strip().splitlines()[-15:])
         return {"ok": False, "error": f"worker exited {proc.returncode}:\n{tail}", "wall_s": wall}
 
 
 # ---------------------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------------------
+TARGETS = {"agentrl": 1.0, "agentrl_async": 0.6}  # time per step as a fraction of TRL's
+
+
 def _ratios(results: list[dict]) -> dict:
-    out = {}
+    """Per variant, each agentrl framework against TRL: ``{variant: {framework: {...}}}``. Memory
+    is compared on the whole process tree (PSS: the sandbox children and the async rollout worker
+    included) where both runs have it, else on the training process's peak RSS."""
+    out: dict = {}
     by = {(r["variant"], r["framework"]): r for r in results if r.get("ok")}
     for variant in VARIANTS:
-        a, t = by.get((variant, "agentrl")), by.get((variant, "trl"))
-        if a and t:
-            out[variant] = {
-                "s_per_step_agentrl_over_trl": a["s_per_step"] / t["s_per_step"],
-                "tokens_per_s_agentrl_over_trl": a["tokens_per_s"] / max(t["tokens_per_s"], 1e-9),
-                "peak_rss_agentrl_over_trl": a["peak_rss_mb"] / t["peak_rss_mb"],
-                "cpu_s_per_step_agentrl_over_trl": a["cpu_s_per_step"] / max(t["cpu_s_per_step"], 1e-9),
-                "meets_target_1x": a["s_per_step"] <= t["s_per_step"],
+        t = by.get((variant, "trl"))
+        for fw, target in TARGETS.items():
+            a = by.get((variant, fw))
+            if not (a and t):
+                continue
+            mem = "peak_tree_pss_mb" if a.get("peak_tree_pss_mb") and t.get("peak_tree_pss_mb") else "peak_rss_mb"
+            x = a["s_per_step"] / t["s_per_step"]
+            out.setdefault(variant, {})[fw] = {
+                "s_per_step_over_trl": x,
+                "cpu_s_per_step_over_trl": a["cpu_s_per_step"] / max(t["cpu_s_per_step"], 1e-9),
+                "tokens_per_s_over_trl": a["tokens_per_s"] / max(t["tokens_per_s"], 1e-9),
+                "peak_memory_over_trl": a[mem] / t[mem], "peak_memory_measure": mem,
+                "target_s_per_step_over_trl": target, "meets_time_target": x <= target,
+                "meets_memory_target": a[mem] <= t[mem],
             }
     return out
 
@@ -215,19 +233,20 @@ def _print_table(console, report: dict) -> None:
              f"{cfg['max_new_tokens']} new tokens/turn, {cfg['steps']} steps, torch threads {cfg['threads']}")
     table = Table(title=title)
     for col in ("variant", "framework", "s/step", "CPU s/step", "1st step s", "tokens/s", "gen tok/episode", "tool calls/ep",
-                "reward", "peak RSS MB", "startup s", "x TRL s/step", "x sync s/step"):
+                "reward", "peak RSS MB", "tree PSS MB", "startup s", "x TRL s/step", "x TRL memory", "x sync s/step"):
         table.add_column(col, justify="left" if col in ("variant", "framework") else "right")
     ratios = report["ratios"]
     for r in report["results"]:
         if not r.get("ok"):
-            table.add_row(r["variant"], r["framework"], "failed", *[""] * 10)
+            table.add_row(r["variant"], r["framework"], "failed", *[""] * 13)
             continue
-        ratio = ""
-        if r["framework"] == "agentrl" and r["variant"] in ratios:
-            x = ratios[r["variant"]]["s_per_step_agentrl_over_trl"]
-            ratio = f"[{'green' if x <= 1.0 else 'red'}]{x:.2f}x[/]"
+        ratio = memory = ""
+        x = ratios.get(r["variant"], {}).get(r["framework"])
+        if x:
+            ratio = f"[{'green' if x['meets_time_target'] else 'red'}]{x['s_per_step_over_trl']:.2f}x[/]"
+            memory = f"[{'green' if x['meets_memory_target'] else 'red'}]{x['peak_memory_over_trl']:.2f}x[/]"
         elif r["framework"] == "trl" and r["variant"] in ratios:
-            ratio = "1.00x"
+            ratio = memory = "1.00x"
         async_ratio = ""
         if r["variant"] in report.get("async_ratios", {}) and r["framework"] in ("agentrl", "agentrl_async"):
             x = report["async_ratios"][r["variant"]]["s_per_step_async_over_sync"] if r["framework"] == "agentrl_async" else 1.0
@@ -235,13 +254,15 @@ def _print_table(console, report: dict) -> None:
         table.add_row(r["variant"], r["framework"], f"{r['s_per_step']:.3f}", f"{r['cpu_s_per_step']:.3f}", f"{r['first_step_s']:.3f}",
                       f"{r['tokens_per_s']:.0f}", f"{r['gen_tokens_per_episode']:.1f}",
                       f"{r['tool_calls_per_episode']:.2f}", f"{r['reward_mean']:.3f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['startup_s']:.1f}", ratio, async_ratio)
+                      f"{r.get('peak_tree_pss_mb', 0):.0f}", f"{r['startup_s']:.1f}", ratio, memory, async_ratio)
     console.print(table)
     v = report["versions"]
     console.print(f"[dim]torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, accelerate {v['accelerate']}; "
                   f"s/step (wall), CPU s/step (process CPU time) and tokens/s over steps 2..N (step 1 = warm-up); "
                   f"best of {cfg.get('repeats', 1)} run(s) each; peak RSS = ru_maxrss of the training "
-                  f"process (sandbox children excluded)[/dim]")
+                  f"process alone; tree PSS = peak of the summed proportional set size of the run's whole process "
+                  f"tree (sandbox children, async rollout worker; shared pages counted once), which the memory "
+                  f"ratio compares[/dim]")
     for r in report["results"]:
         for note in r.get("notes", []):
             console.print(f"[yellow]{r['framework']}/{r['variant']}:[/yellow] {note}")
@@ -249,10 +270,13 @@ def _print_table(console, report: dict) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
     for variant, x in report.get("async_ratios", {}).items():
         console.print(f"{variant}: agentrl async rollouts take {x['s_per_step_async_over_sync']:.2f}x the sync time per step")
-    for variant, x in ratios.items():
-        verdict = "meets" if x["meets_target_1x"] else "MISSES"
-        console.print(f"{variant}: agentrl {x['s_per_step_agentrl_over_trl']:.2f}x TRL's time per step "
-                      f"({x['cpu_s_per_step_agentrl_over_trl']:.2f}x its CPU time) -> {verdict} the <=1.0x target")
+    for variant, per in ratios.items():
+        for fw, x in per.items():
+            verdict = "meets" if x["meets_time_target"] else "MISSES"
+            console.print(f"{variant}: {fw} {x['s_per_step_over_trl']:.2f}x TRL's time per step "
+                          f"({x['cpu_s_per_step_over_trl']:.2f}x its CPU time) -> {verdict} the "
+                          f"<={x['target_s_per_step_over_trl']:.1f}x target; memory {x['peak_memory_over_trl']:.2f}x "
+                          f"TRL's ({x['peak_memory_measure']}) -> {'meets' if x['meets_memory_target'] else 'MISSES'} <=1.0x")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ def worker_agentrl(spec: dict, workdir: str) -> dict:
 
     def timed_step():  # process CPU time per step: robust to other load on the machine
         c = time.process_time()
-        record = train_step()
-        cpu_s.append(time.process_time() - c)
+        record = train_step()  # async: + the rollout worker's CPU seconds for this step's batch
+        cpu_s.append(time.process_time() - c + record.get("time/rollout_worker_cpu_s", 0.0))
         return record
 
     trainer.train_step = timed_step
@@ -69,8 +69,9 @@ def worker_agentrl(spec: dict, workdir: str) -> dict:
         "reward_mean": sum(h.get("reward/mean", 0.0) for h in history) / len(history),
         "phases_s": phases, "phases_per_step": [{k: h.get(k) for k in phases} for h in history],
         "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads(),
-        "notes": ["CPU s/step and peak RSS: the trainer process only (the rollout worker process is not counted); "
-                  "step 1 includes the worker's start-up"] if mode == "async" else [],
+        "notes": ["CPU s/step: the trainer process plus the rollout worker's CPU time for each step's batch; "
+                  "peak RSS: the trainer process only (tree PSS counts the worker); step 1 includes the worker's "
+                  "start-up"] if mode == "async" else [],
     }
 
 
