@@ -12,6 +12,9 @@ its stdin/stdout:
 - ``{"op": "session_run", ...}``: same, but the child stays alive between requests and keeps its
   globals; if it times out, runs out of memory or exits, it is killed and the next run starts
   from a fresh state with a note saying so.
+- ``{"op": "session_end"}``: kill the session's child and everything it started, remove its
+  working directory; the next ``session_run`` starts a new session in a freshly forked child
+  (so the host can hand this zygote to another episode, as one-shot runs share zygotes).
 
 Children drop to uid 65534 with no capabilities and no_new_privs, get rlimits (address space,
 CPU, processes, open files, file size, no core dumps), a scrubbed environment, a private working
@@ -211,6 +214,11 @@ class Zygote:
 
     def handle(self, request: dict) -> tuple[dict, dict, bool]:
         """Run one request; returns the reply, the child, and whether to kill it afterwards."""
+        if request["op"] == "session_end":  # the session's child goes now; the next session is a fresh one
+            ended, self.reset_note = self.session is not None, ""
+            if ended:
+                self.kill(self.session)
+            return {"ended": ended}, None, False
         persistent = request["op"] == "session_run"
         if persistent and self.session is None:
             self.session = self.take()

@@ -107,6 +107,10 @@ class _DockerWorker:
 class DockerSandbox(LocalSandbox):
     """LocalSandbox's worker pool, with containers as workers."""
 
+    # the container is the isolation (its zygote runs --no-isolate): a session's container is
+    # removed when it closes, never handed to the next session
+    recycle_sessions = False
+
     def __init__(self, image: str = IMAGE, workers: int = 1, container_memory_mb: int = 2048, pids: int = 128,
                  cpus: float = 1.0, max_output_bytes: int = 65536, max_procs: int = 16, spare_sessions: int = 0):
         self._client = docker_client()

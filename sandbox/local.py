@@ -168,6 +168,9 @@ class LocalSandbox(Sandbox):
     numpy, ``__import__`` or importlib, or imports anything else, goes to the full workers; a
     wrong guess only costs time (the import), never a result. Sessions always get full workers."""
 
+    recycle_sessions = True
+    """A closed session's zygote serves the next session (see ``LocalSession.close``)."""
+
     def __init__(self, workers: int = 2, max_output_bytes: int = 65536, max_procs: int = 16,
                  tmpfs_mb: int = 256, preload: tuple[str, ...] | None = None, spare_sessions: int = 1,
                  python: str = sys.executable, isolate: bool = True, light_workers: int | None = None):
@@ -234,6 +237,16 @@ class LocalSandbox(Sandbox):
         with self._lock:
             if worker in self._all:
                 self._all.remove(worker)
+
+    def _recycle(self, worker: _Worker) -> None:
+        """A closed session's zygote: kept as a spare up to ``spare_sessions + 1`` idle (the
+        spares plus the one an env re-opens right after closing), else retired."""
+        with self._lock:
+            keep = not self._closed and worker in self._all and len(self._spares) <= self._spare_target
+            if keep:
+                self._spares.append(worker)
+        if not keep:
+            self._retire(worker)
 
     def _refill_spares(self) -> None:
         # Spare workers boot in the background (their own processes), so open_session is fast.
@@ -347,10 +360,23 @@ class LocalSession(SandboxSession):
             self._lock.release()
 
     def close(self) -> None:
+        """End the session: its child and every process it started are killed, and the zygote goes
+        back to the sandbox's spares for the next session (a fresh child, fresh globals, a fresh
+        working directory: the isolation one-shot runs get between snippets), saving the start of a
+        new interpreter and its imports per episode. A zygote that does not answer is retired."""
         with self._lock:
-            if self._worker is not None:
-                self._sandbox._retire(self._worker)
-                self._worker = None
+            worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        if not self._sandbox.recycle_sessions:
+            self._sandbox._retire(worker)
+            return
+        try:
+            worker.request({"op": "session_end"}, GRACE_S)
+        except (WorkerDied, SandboxError, OSError):
+            self._sandbox._retire(worker)
+            return
+        self._sandbox._recycle(worker)
 
 
 def _message(op: str, code: str, timeout_s: float, memory_mb: int, stdin: str | None = None) -> dict:

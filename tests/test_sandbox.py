@@ -144,16 +144,46 @@ def test_session_reset_after_oom(sandbox):
 
 
 @pytest.mark.timeout(30)
-def test_session_close_leaves_no_process(sandbox):
+def test_session_close_leaves_no_process_and_the_next_session_on_its_zygote_starts_fresh(sandbox):
+    duration = f"300.{os.getpid()}{time.time_ns() % 10**6}"  # a sleep no other process runs
     session = sandbox.open_session()
-    session.run("import subprocess\np = subprocess.Popen(['sleep', '300'])")
-    worker_pid = session._worker.proc.pid
-    assert descendants(worker_pid)
+    session.run(f"import subprocess\np = subprocess.Popen(['sleep', '{duration}'])\nx = 1\n"
+                "open('left.txt', 'w').write('from the last episode')\nimport os\nprint(os.getcwd())")
+    worker = session._worker
+    assert _sleepers(duration)
     session.close()
-    assert not descendants(worker_pid)
-    assert not os.path.exists(f"/proc/{worker_pid}")
+    deadline = time.monotonic() + 5
+    while _sleepers(duration) and time.monotonic() < deadline:  # SIGKILLed; the exit is the kernel's
+        time.sleep(0.05)
+    assert not _sleepers(duration)
     with pytest.raises(Exception):
         session.run("print(1)")
+    assert worker.proc.poll() is None and worker in sandbox._spares  # the zygote is kept for the next session
+    with sandbox.open_session() as again:
+        assert again._worker is worker  # recycled: no new interpreter started
+        out = again.run("print('x' in globals(), os.path.exists('left.txt') if 'os' in globals() else None)\n"
+                        "import os\nprint(os.listdir('.'), os.path.exists('left.txt'))")
+        assert out.stdout == "False None\n[] False\n", out
+
+
+def _sleepers(duration: str) -> list[str]:
+    return [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == f"sleep\x00{duration}\x00"]
+
+
+def test_closed_sessions_are_recycled_up_to_the_spares_plus_one():
+    sb = make_sandbox("local", workers=0, light_workers=0, spare_sessions=1)
+    try:
+        started = len(sb._all)
+        for _ in range(4):  # an env's episodes: close, then open the next
+            with sb.open_session() as s:
+                assert s.run("print(1)").stdout == "1\n"
+        assert len(sb._all) == started + 1  # the first open started one replacement spare, then none
+        a, b, c = sb.open_session(), sb.open_session(), sb.open_session()
+        for s in (a, b, c):
+            s.close()
+        assert len(sb._spares) == 2 and len(sb._all) == 2  # idle zygotes beyond spares + 1 are retired
+    finally:
+        sb.close()
 
 
 @pytest.mark.timeout(30)

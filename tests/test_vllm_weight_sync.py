@@ -73,6 +73,53 @@ def test_the_receiver_unmaps_the_block_when_the_reload_fails():
         block.unlink()
 
 
+def test_the_kept_block_is_reused_while_the_layout_holds_and_the_receiver_sees_every_push():
+    before = _shm_blocks()
+    shared, receiver = ws.SharedWeights(), _Collect()
+    try:
+        first = {"a": torch.zeros(3, 5), "b": torch.zeros(7, dtype=torch.bfloat16)}
+        name, manifest = shared.write(first)
+        receiver.agentrl_load_shared_weights(name, manifest)
+        mapped = receiver._agentrl_mapped[2]
+        second = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16)}
+        assert shared.write(second) == (name, manifest)  # same layout: same block, same manifest
+        receiver.agentrl_load_shared_weights(name, manifest)
+        assert receiver._agentrl_mapped[2] is mapped  # the worker kept its mapping
+        assert all(torch.equal(receiver.got[k], second[k]) for k in second)  # and reads the new values
+        third = {"a": torch.randn(4, 5), "b": second["b"]}  # a new shape: a new block
+        name3, manifest3 = shared.write(third)
+        assert name3 != name and name not in _shm_blocks()  # the old one is unlinked at once
+        receiver.agentrl_load_shared_weights(name3, manifest3)
+        assert torch.equal(receiver.got["a"], third["a"]) and receiver._agentrl_mapped[0] == name3
+    finally:
+        receiver.agentrl_unmap_shared_weights()
+        shared.close()
+    assert _shm_blocks() == before
+
+
+def test_a_failed_reload_drops_the_kept_mapping():
+    class FailingOnce(_Collect):
+        fail = True
+
+        def reload_weights(self, weights_iterator, is_checkpoint_format):
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("boom")
+            super().reload_weights(weights_iterator, is_checkpoint_format)
+
+    shared, receiver = ws.SharedWeights(), FailingOnce()
+    try:
+        name, manifest = shared.write({"w": torch.ones(10)})
+        with pytest.raises(RuntimeError, match="boom"):
+            receiver.agentrl_load_shared_weights(name, manifest)
+        assert receiver._agentrl_mapped is None
+        receiver.agentrl_load_shared_weights(*shared.write({"w": torch.full((10,), 2.0)}))  # maps it again
+        assert torch.equal(receiver.got["w"], torch.full((10,), 2.0))
+    finally:
+        receiver.agentrl_unmap_shared_weights()
+        shared.close()
+
+
 def test_check_state_dict_names_the_bad_tensor():
     expected = ws.expected_shapes(str(cached_tiny_model()))
     assert expected and "model.embed_tokens.weight" in expected and "lm_head.weight" in expected

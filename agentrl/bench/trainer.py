@@ -52,7 +52,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="agentrl max_new_tokens_per_turn; TRL max_completion_length (x max turns for the tool variant)")
     parser.add_argument("--max-turns", type=int, default=3, help="tool variant: generation rounds per episode")
     parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--model", default=None, help="model dir (default: agentrl.model.cached_tiny_model())")
+    parser.add_argument("--model", default=None, help="model dir (default: agentrl's own model of --size, built once)")
+    parser.add_argument("--size", choices=("tiny", "small"), default="tiny",
+                        help="without --model: the size of agentrl's self-built model (agentrl model init --size)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in every run (both frameworks; generation and training)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
@@ -80,7 +82,7 @@ def cli_main(args: argparse.Namespace) -> int:
     if model is None:
         from agentrl.model import cached_tiny_model
 
-        model = str(cached_tiny_model())
+        model = str(cached_tiny_model(args.size))
     trl_version, trl_error = _trl_status()
     frameworks = list(args.frameworks)
     notes: list[str] = []

@@ -12,7 +12,8 @@ top-p vLLM returns the log-prob under the truncated, renormalised distribution i
 always returns the untruncated one); the completion's ``extras["logprobs"]`` says which.
 
 Weight updates (``weight_sync``): ``"memory"`` (the default) copies the state dict into one
-shared-memory block and the workers reload it in place from there
+shared-memory block (made on the first push and reused while the layout stays the same) and the
+workers reload it in place from there
 (:mod:`agentrl.engines.vllm_weight_sync` says why that route); ``"file"`` writes it as safetensors
 into a directory the engine owns and the workers reload that
 (``collective_rpc("reload_weights", weights_path=...)``). The file route is also taken, with one
@@ -110,6 +111,7 @@ class VLLMEngine:
         self._owns_weights_dir = weights_dir is None
         self.weights_dir: Path | None = Path(weights_dir) if weights_dir else None
         self._expected_shapes: dict | None = None
+        self._shared_weights = None  # the memory route's block, kept across pushes (made on the first)
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -189,7 +191,9 @@ class VLLMEngine:
             self._expected_shapes = vllm_weight_sync.expected_shapes(self.model_path) or {}
         vllm_weight_sync.check_state_dict(state_dict, self._expected_shapes or None)
         if self.weight_sync == "memory":
-            vllm_weight_sync.push(self.llm, state_dict)
+            if self._shared_weights is None:
+                self._shared_weights = vllm_weight_sync.SharedWeights()
+            vllm_weight_sync.push(self.llm, state_dict, self._shared_weights)
         else:
             self._push_file(state_dict)
         self.llm.reset_prefix_cache()
@@ -219,6 +223,9 @@ class VLLMEngine:
             except Exception:
                 pass
             del llm
+        if self._shared_weights is not None:
+            self._shared_weights.close()
+            self._shared_weights = None
         if self._owns_weights_dir and self.weights_dir is not None:
             shutil.rmtree(self.weights_dir, ignore_errors=True)
 
