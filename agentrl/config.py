@@ -154,6 +154,11 @@ class RolloutConfig(_Strict):
     """``async`` only: the trainer never trains at step t on a batch sampled with weights older than
     version t - max_staleness (AReaL's ``max_head_offpolicyness``). 1: one-step-off (verl's recipe);
     0: no overlap, the same batches, seeds and updates as ``sync``."""
+    train_threads: int | None = Field(None, ge=1)
+    """``async`` on CPU only: the trainer's torch threads while the worker generates on
+    ``num_threads``. None: the cores the worker does not use (at least 1). More than that
+    oversubscribes the cores (with ``OMP_WAIT_POLICY=PASSIVE`` the trainer then also gets the
+    worker's core while the worker waits for its next request or runs tools)."""
 
 
 class AlgorithmConfig(_Strict):
@@ -196,7 +201,9 @@ class AlgorithmConfig(_Strict):
     """The behaviour log-probs in the PPO ratio. ``engine``: the rollout engine's, as sampled
     (verl's bypass mode; free). ``recompute``: the trainer's own forward before the first update
     (micro-batched, no grad), so the first ratio is exactly 1 whatever kernels/dtype the engine
-    used. Engine log-probs are always log_softmax(logits / T) of the *untruncated* distribution
+    used; with one optimiser step per batch (``epochs: 1``, ``minibatches: 1``, no
+    ``mismatch_mask``) it is the update's own forward, detached (no extra pass; verl's
+    ``on_policy``). Engine log-probs are always log_softmax(logits / T) of the *untruncated* distribution
     for ``hf``; vLLM's with top_p < 1 or top_k > 0 are of the truncated, renormalised one."""
     tis: Literal["none", "token", "sequence"] = "none"
     """Truncated importance sampling on the trainer-to-engine ratio pi_old / pi_engine (needs
@@ -352,6 +359,9 @@ class TrainConfig(_Strict):
         if r.mode == "sync":
             if r.max_staleness != RolloutConfig().max_staleness:
                 raise ValueError("rollout.max_staleness only applies with rollout.mode: async")
+            if r.train_threads is not None:
+                raise ValueError("rollout.train_threads only applies with rollout.mode: async (sync trains on the "
+                                 "process's torch threads)")
             return
         refused = [(r.engine == "vllm", "rollout.engine: vllm (not yet: the worker runs an HF copy of the policy; "
                                        "use rollout.mode: sync with vllm)"),

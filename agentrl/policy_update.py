@@ -120,6 +120,9 @@ def _log_ratio(trainer_lp, engine_lp, mask, level: str) -> torch.Tensor:
 class PolicyUpdate:
     """Runs the optimiser steps of one training step on ``engine`` (a TrainEngine)."""
 
+    reuse_update_forward = True
+    """Whether :meth:`fuses_recompute` may skip the recompute pass (False: always run it)."""
+
     def __init__(self, engine, cfg, critic=None):
         self.engine, self.cfg = engine, cfg
         self.critic = critic  # advantage: gae: its value model is updated on the same batch (agentrl.critic)
@@ -157,7 +160,8 @@ class PolicyUpdate:
         if self.critic is not None and self.critic.policy_frozen(step):  # value pretraining / critic warm-up
             return {**self.critic.update(batch), "train/policy_frozen": 1.0}
         record: dict[str, float] = {}
-        if a.old_logprobs == "recompute":
+        fused = self.fuses_recompute()
+        if a.old_logprobs == "recompute" and not fused:
             trainer_lp = self.logprobs(self.engine, batch, counts)
             seen = [(trainer_lp, batch["old_logprobs"], batch["loss_mask"])] if batch is not None else []
             record.update(self._mismatch_record(seen))
@@ -174,16 +178,20 @@ class PolicyUpdate:
         self.engine.model.train()
         steps: list[dict] = []
         norms = []
+        capped = {"capped": 0.0, "tokens": 0.0} if fused else None
         for epoch in range(a.epochs):
             for m, index in enumerate(local):
-                # engine mode: the first minibatch's forwards run before any update, so they
-                # measure the engine-vs-trainer gap for free
-                seen = [] if a.old_logprobs == "engine" and epoch == 0 and m == 0 else None
-                stats, norm = self._minibatch(batch, index, n_micro[m], *counts_tokens[m], step, seen)
+                # engine mode (and a fused recompute): the first minibatch's forwards run before any
+                # update, so they measure the engine-vs-trainer gap for free
+                seen = [] if (a.old_logprobs == "engine" or fused) and epoch == 0 and m == 0 else None
+                stats, norm = self._minibatch(batch, index, n_micro[m], *counts_tokens[m], step, seen, capped)
                 if seen is not None:
                     record.update(self._mismatch_record(seen))
                 steps.append(stats)
                 norms.append(norm)
+        if capped is not None and a.tis != "none":
+            capped = self._reduce(capped)
+            record["mismatch/tis_capped_frac"] = capped["capped"] / max(capped["tokens"], 1.0)
         self.engine.model.eval()
         for k in {k for s in steps for k in s}:
             values = [s[k] for s in steps if k in s]
@@ -192,6 +200,20 @@ class PolicyUpdate:
         if self.critic is not None:
             record.update(self.critic.update(batch))
         return {f"train/{k}" if "/" not in k else k: v for k, v in record.items()}
+
+    def fuses_recompute(self) -> bool:
+        """``old_logprobs: recompute`` with one optimiser step per batch (``epochs: 1``,
+        ``minibatches: 1``): the proximal policy is the weights of the update's own forward, so
+        its log-probs are that forward's, detached, and the no-grad recompute pass (a third of
+        the compute of a step) is skipped -- verl's ``on_policy`` case in ``dp_actor.update_policy``
+        (``old_log_prob = log_prob.detach()``). The TIS weights come from the same detached
+        log-probs, per micro-batch (a micro-batch holds whole sequences). Not with
+        ``mismatch_mask``: the mask changes the loss normaliser, which is taken over the whole
+        batch before its first micro-batch. With dropout active in training the proximal
+        log-probs are then those of the dropped-out forward (the ratio is exactly 1, as in verl)."""
+        a = self.cfg.algorithm
+        return (self.reuse_update_forward and a.old_logprobs == "recompute" and a.epochs == 1
+                and a.minibatches == 1 and a.mismatch_mask == "none")
 
     def _count(self, batch, index: torch.Tensor, aggregation: str) -> float:
         if batch is None or not len(index):
@@ -232,9 +254,11 @@ class PolicyUpdate:
                 "mismatch/kl": total["kl"] / n}
 
     def _minibatch(self, batch, index: torch.Tensor, n_micro: int, count: float, tokens: float, positive_tokens: float,
-                   step: int, seen: list | None) -> tuple[dict, float]:
+                   step: int, seen: list | None, fused: dict | None = None) -> tuple[dict, float]:
         """One optimiser step over the micro-batches of ``index``; ``seen`` (if a list) collects
-        each micro-batch's (trainer log-probs, old log-probs, mask)."""
+        each micro-batch's (trainer log-probs, old log-probs, mask). ``fused`` (see
+        :meth:`fuses_recompute`): the old log-probs are the forward's own, detached; it counts
+        the tokens whose TIS weight was capped."""
         a, o = self.cfg.algorithm, self.cfg.optim
         chunks = list(index.split(o.micro_batch_size)) if len(index) else []
         device, ws = self.engine.device, self.engine.world_size
@@ -249,6 +273,14 @@ class PolicyUpdate:
                                                         chunk_tokens=self.chunk_tokens)
                 if a.entropy_coef == 0.0:
                     entropy = entropy.detach()  # reported only
+                engine_lp = mb["old_logprobs"]
+                if fused is not None:
+                    mb["old_logprobs"] = logprobs.detach()
+                    if a.tis != "none":
+                        mb["is_weights"], capped = importance_weights(mb["old_logprobs"], engine_lp, mb["loss_mask"],
+                                                                      a.tis, a.tis_cap)
+                        fused["capped"] += float(capped.sum())
+                        fused["tokens"] += float(mb["loss_mask"].sum())
                 loss, m = grpo_loss(
                     logprobs, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], mb.get("ref_logprobs"),
                     clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
@@ -262,7 +294,7 @@ class PolicyUpdate:
                     m["loss"] = float(loss.detach())
                 share = float(mb["loss_mask"].sum()) / max(tokens, 1.0)
                 if seen is not None:
-                    seen.append((logprobs.detach().cpu(), mb["old_logprobs"].cpu(), mb["loss_mask"].cpu()))
+                    seen.append((logprobs.detach().cpu(), engine_lp.cpu(), mb["loss_mask"].cpu()))
                 if self.cfg.guard.inject_nan_at_step == step and not self._nan_injected:
                     self._nan_injected = True
                     loss = loss * float("nan")

@@ -376,8 +376,8 @@ def start_async_rollouts(cfg: TrainConfig, sampler: BatchSampler, state_dict: di
         # the worker generates on rollout.num_threads cores: train on the others, not on all of
         # them (OpenMP threads spinning on a core the worker needs slow both sides down)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores - cfg.rollout.num_threads)
-        if torch.get_num_threads() > threads:
+        threads = cfg.rollout.train_threads or min(torch.get_num_threads(), max(1, cores - cfg.rollout.num_threads))
+        if torch.get_num_threads() != threads:
             log.info("rollout.mode: async on CPU: training on %d torch thread(s), the rollout worker on %d", threads,
                      cfg.rollout.num_threads)
             torch.set_num_threads(threads)

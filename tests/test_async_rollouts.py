@@ -62,6 +62,8 @@ def test_max_staleness_without_async_is_refused():
     with pytest.raises(ConfigError, match="max_staleness only applies with rollout.mode: async"):
         load_config("configs/retool_tiny_cpu.yaml", ["rollout.max_staleness=2"])
     assert load_config("configs/retool_tiny_cpu.yaml").rollout.mode == "sync"
+    with pytest.raises(ConfigError, match="train_threads only applies with rollout.mode: async"):
+        load_config("configs/retool_tiny_cpu.yaml", ["rollout.train_threads=2"])
 
 
 def test_async_defaults_to_the_decoupled_objective_unless_told_otherwise():
@@ -90,9 +92,11 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
     name = "model.embed_tokens.weight"
 
     def probe(trainer):
-        return trainer.rollouts.probe([name]), trainer.model.state_dict()[name].detach().clone()
+        return (trainer.rollouts.probe([name]), trainer.model.state_dict()[name].detach().clone(),
+                torch.get_num_threads())
 
-    async_hist, trainer, ((version, tensors), trained) = run(
+    threads_before = torch.get_num_threads()
+    async_hist, trainer, ((version, tensors), trained, train_threads) = run(
         tiny_cfg(tmp_path / "async", *same, "rollout.mode=async", "rollout.max_staleness=0"), after=probe)
     sync_t, async_t = saved_trajectories(tmp_path / "sync"), saved_trajectories(tmp_path / "async")
     assert len(sync_t) == len(async_t) == 8
@@ -107,6 +111,9 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
     # trainer's own (recomputed) ones up to kernel rounding -- not those of the initial weights
     assert async_hist[1]["mismatch/abs_logp_diff_max"] < 1e-4
     assert version == 2 and torch.equal(tensors[name], trained)
+    # on CPU the trainer trains on the cores the worker (rollout.num_threads=1) leaves, then gives them back
+    assert train_threads == min(threads_before, max(1, len(os.sched_getaffinity(0)) - 1))
+    assert torch.get_num_threads() == threads_before
     from transformers import AutoModelForCausalLM
 
     initial = AutoModelForCausalLM.from_pretrained(cached_tiny_model()).state_dict()[name]
@@ -145,10 +152,13 @@ def test_k1_staleness_is_bounded_and_recorded_and_resume_discards_batches_in_fli
 
 # -- (e) a dead worker is a clear error, not a hang --------------------------------------------------
 def test_a_killed_worker_is_a_clear_error_and_an_explicit_engine_ratio_warns(tmp_path, caplog):
-    cfg = tiny_cfg(tmp_path, "run.steps=2", "rollout.mode=async", "algorithm.old_logprobs=engine")
+    cfg = tiny_cfg(tmp_path, "run.steps=2", "rollout.mode=async", "algorithm.old_logprobs=engine",
+                   "rollout.train_threads=3")
+    threads_before = torch.get_num_threads()
     with caplog.at_level(logging.WARNING, logger="agentrl.trainer"):
         trainer = GRPOTrainer(cfg)
     assert "old_logprobs: engine" in caplog.text and "stale behaviour policy" in caplog.text
+    assert torch.get_num_threads() == 3  # an explicit rollout.train_threads is taken as set, even oversubscribed
     try:
         os.kill(trainer.rollouts.proc.pid, signal.SIGKILL)
         start = time.monotonic()
@@ -158,3 +168,4 @@ def test_a_killed_worker_is_a_clear_error_and_an_explicit_engine_ratio_warns(tmp
     finally:
         trainer.close()
     assert trainer.rollouts.proc is None  # close() reaped it
+    assert torch.get_num_threads() == threads_before

@@ -335,18 +335,28 @@ def test_truncated_importance_weights_on_a_hand_made_batch():
     assert keep.tolist() == [[False, True, True, True], [False, False, False, False]]
 
 
-def test_recompute_mode_weights_a_known_mismatch(tmp_path):
+def _update_with_a_known_mismatch(tmp_path, fused: bool, *overrides):
+    """One update on a real batch whose "engine" log-probs under-estimate sequence 0's tokens by
+    1 nat (TIS ratio e > cap 2); ``fused``: the recompute pass reused from the update's forward."""
     cfg = tiny_cfg(tmp_path, "algorithm.old_logprobs=recompute", "algorithm.tis=token", "algorithm.tis_cap=2.0",
-                   "optim.lr=1e-9")
+                   *overrides)
+    torch.manual_seed(0)
     trainer = GRPOTrainer(cfg)
     try:
+        trainer.updater.reuse_update_forward = fused
+        assert trainer.updater.fuses_recompute() == fused
         trajs, batch = fixed_batch(trainer)
         true = trainer.updater.logprobs(trainer.engine, batch, [len(trajs)])
-        # the "engine" under-estimates sequence 0's tokens by 1 nat: ratio e > cap
         batch["old_logprobs"] = true - torch.tensor([1.0, 0.0, 0.0, 0.0])[:, None] * batch["loss_mask"]
         record = trainer.updater(batch, [len(trajs)], 0)
+        weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     finally:
         trainer.close()
+    return batch, record, weights
+
+
+def test_recompute_mode_weights_a_known_mismatch(tmp_path):
+    batch, record, _ = _update_with_a_known_mismatch(tmp_path, False, "optim.lr=1e-9")
     mask = batch["loss_mask"].bool()
     expected = torch.where(mask, torch.tensor([2.0, 1.0, 1.0, 1.0])[:, None].expand_as(mask), 0.0)
     assert torch.allclose(batch["is_weights"], expected, atol=1e-4)
@@ -354,6 +364,26 @@ def test_recompute_mode_weights_a_known_mismatch(tmp_path):
     assert record["mismatch/tis_capped_frac"] == pytest.approx(share)
     assert record["mismatch/abs_logp_diff_max"] == pytest.approx(1.0, abs=1e-4)
     assert record["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # old = the trainer's own
+
+
+def test_one_update_per_batch_reuses_its_forward_for_the_recompute_and_updates_the_same(tmp_path):
+    # epochs 1 x minibatches 1 (the default): the proximal log-probs are the update forward's own
+    # (verl's on_policy case), one no-grad pass fewer; the step is the separate pass's, to rounding
+    _, separate, w_separate = _update_with_a_known_mismatch(tmp_path / "separate", False, "optim.lr=1e-2")
+    _, fused, w_fused = _update_with_a_known_mismatch(tmp_path / "fused", True, "optim.lr=1e-2")
+    for key in ("mismatch/tis_capped_frac", "mismatch/abs_logp_diff_max", "mismatch/abs_logp_diff_mean",
+                "train/loss", "train/grad_norm", "train/ratio_mean"):
+        assert fused[key] == pytest.approx(separate[key], rel=1e-5, abs=1e-6), key
+    assert fused["mismatch/tis_capped_frac"] > 0 and fused["train/ratio_mean"] == 1.0  # exactly: the same forward
+    assert fused["train/grad_norm"] > 0
+    for k in w_separate:
+        assert torch.allclose(w_fused[k], w_separate[k], atol=1e-6), k
+    # more than one optimiser step per batch keeps the separate pass (the proximal policy is the
+    # weights before the first of them)
+    cfg = tiny_cfg(tmp_path / "cfg", "algorithm.old_logprobs=recompute", "algorithm.minibatches=2")
+    from agentrl.policy_update import PolicyUpdate
+
+    assert not PolicyUpdate.fuses_recompute(type("U", (), {"cfg": cfg, "reuse_update_forward": True})())
 
 
 @pytest.mark.parametrize("mode", ["engine", "recompute"])
