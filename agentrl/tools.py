@@ -51,12 +51,14 @@ class DisabledTool:
 
 
 def session_sandbox(kind: str):
-    """A sandbox for tools that run code in per-episode sessions only: a local sandbox starts no
-    one-shot worker pool (a trainer holds one env per episode of a step: 64 envs x a pool was
-    gigabytes)."""
+    """A sandbox for tools that run code in per-episode sessions only. A trainer holds one env per
+    episode of a step (64 in the CPU learning run), so a local one starts no one-shot worker
+    pool and keeps no spare: its one session worker starts with the first episode and, recycled
+    when the episode ends, serves the next (64 envs x a pool, or x a spare beside the reused
+    worker, was gigabytes of idle interpreters with numpy imported)."""
     from agentrl.sandbox import make_sandbox
 
-    return make_sandbox(kind, **({"workers": 0, "light_workers": 0} if kind == "local" else {}))
+    return make_sandbox(kind, **({"workers": 0, "light_workers": 0, "spare_sessions": 0} if kind == "local" else {}))
 
 
 class PythonTool:

@@ -164,15 +164,21 @@ def test_demo_command_runs_an_episode():
     assert "<interpreter>" in out.stdout and "reward" in out.stdout
 
 
-def test_an_env_that_makes_its_own_sandbox_starts_only_session_workers():
+def test_an_env_that_makes_its_own_sandbox_holds_one_session_worker_reused_across_episodes():
     # a trainer holds one env per episode of a step (64 in the CPU learning run): each with a pool
-    # of one-shot workers it never uses was gigabytes of idle processes
+    # of one-shot workers it never uses, or a spare beside the worker it reuses, was gigabytes of
+    # idle interpreters (each with numpy imported)
     env = gym.make("agentrl/PythonTool-v0", max_turns=2)
     try:
         sandbox = env.unwrapped.sandbox
-        assert sandbox.workers == 0 and len(sandbox._all) == 1  # the spare session worker alone
-        env.reset(seed=0)
-        obs, *_ = env.step("<code>\n```python\nprint(6 * 7)\n```\n</code>")
-        assert "42" in obs
+        assert sandbox.workers == 0 and len(sandbox._all) == 0  # nothing starts before the first episode
+        pids = []
+        for episode in range(3):
+            env.reset(seed=episode)
+            obs, *_ = env.step("<code>\n```python\nx = globals().get('x', 0) + 6 * 7\nprint(x)\n```\n</code>")
+            assert "42" in obs and "84" not in obs  # a fresh interpreter state every episode
+            assert len(sandbox._all) == 1
+            pids.append(sandbox._all[0].proc.pid)
+        assert len(set(pids)) == 1  # the one zygote served every episode's session
     finally:
         env.close()
