@@ -204,8 +204,8 @@ class PolicyUpdate:
     def fuses_recompute(self) -> bool:
         """``old_logprobs: recompute`` with one optimiser step per batch (``epochs: 1``,
         ``minibatches: 1``): the proximal policy is the weights of the update's own forward, so
-        its log-probs are that forward's, detached, and the no-grad recompute pass (a third of
-        the compute of a step) is skipped -- verl's ``on_policy`` case in ``dp_actor.update_policy``
+        its log-probs are that forward's, detached, and the no-grad recompute pass (one forward
+        beside the update's forward and backward) is skipped -- verl's ``on_policy`` case in ``dp_actor.update_policy``
         (``old_log_prob = log_prob.detach()``). The TIS weights come from the same detached
         log-probs, per micro-batch (a micro-batch holds whole sequences). Not with
         ``mismatch_mask``: the mask changes the loss normaliser, which is taken over the whole
