@@ -33,6 +33,7 @@ not yet). Off-policy correction: the config's decoupled-objective defaults (see
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
@@ -99,12 +100,13 @@ class Batch:
 class AsyncRollouts:
     """The trainer's side: the worker process, the shared weights and the requests in flight."""
 
-    def __init__(self, cfg, sampler, state_dict: dict[str, torch.Tensor], version: int):
+    def __init__(self, cfg, sampler, state_dict: dict[str, torch.Tensor], version: int, start_method: str = "spawn"):
+        """``start_method``: "fork" (CPU: the worker shares the trainer's modules) or "spawn"."""
         from agentrl.sampling import collector_config, env_kwargs
 
         self.cfg, self.sampler = cfg, sampler
         self.max_staleness = cfg.rollout.max_staleness
-        ctx = torch.multiprocessing.get_context("spawn")
+        ctx = torch.multiprocessing.get_context(start_method)
         self.shared = {k: v.detach().to("cpu", copy=True).contiguous().share_memory_() for k, v in state_dict.items()}
         self.lock = ctx.Lock()
         self.version = ctx.Value("q", version, lock=False)
@@ -117,6 +119,11 @@ class AsyncRollouts:
         self.proc = ctx.Process(target=worker_main, name="agentrl-rollout-worker", daemon=True,
                                 args=(spec, self.shared, self.version, self.push_id, self.lock, self.cancel_below,
                                       req_r, res_w))
+        if start_method == "fork":
+            # The worker shares the trainer's pages (torch, transformers: ~200 MB) copy-on-write;
+            # frozen, the cyclic collector of neither process writes to (and so copies) them.
+            gc.collect()
+            gc.freeze()
         self.proc.start()
         req_r.close()  # the worker's ends: only its copies stay open, so its death is EOF here
         res_w.close()
@@ -309,9 +316,9 @@ def worker_main(spec: dict, shared: dict[str, torch.Tensor], version, push_id, l
             results.send(res)
     finally:
         collector.close()  # closes the envs and with them their sandboxes
-    # Everything is closed and every answer sent: exit now. The interpreter's own shutdown in this
-    # spawned process was seen to stall ~30 s after that (no Python thread left but the main one),
-    # which would make every trainer.close() wait for it.
+    # Everything is closed and every answer sent: exit now (a forked worker must not run the
+    # trainer's exit handlers). A spawned worker's own interpreter shutdown was seen to stall ~30 s
+    # here (no Python thread left but the main one), which would make every trainer.close() wait.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

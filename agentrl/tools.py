@@ -55,10 +55,12 @@ def session_sandbox(kind: str):
     episode of a step (64 in the CPU learning run), so a local one starts no one-shot worker
     pool and keeps no spare: its one session worker starts with the first episode and, recycled
     when the episode ends, serves the next (64 envs x a pool, or x a spare beside the reused
-    worker, was gigabytes of idle interpreters with numpy imported)."""
+    worker, was gigabytes of idle interpreters with numpy imported). Its worker is a fork of the
+    process's fork server and forks one child ahead (the next episode's), not two."""
     from agentrl.sandbox import make_sandbox
 
-    return make_sandbox(kind, **({"workers": 0, "light_workers": 0, "spare_sessions": 0} if kind == "local" else {}))
+    local = {"workers": 0, "light_workers": 0, "spare_sessions": 0, "prepared_children": 1}
+    return make_sandbox(kind, **(local if kind == "local" else {}))
 
 
 class PythonTool:

@@ -381,7 +381,10 @@ def start_async_rollouts(cfg: TrainConfig, sampler: BatchSampler, state_dict: di
             log.info("rollout.mode: async on CPU: training on %d torch thread(s), the rollout worker on %d", threads,
                      cfg.rollout.num_threads)
             torch.set_num_threads(threads)
-    return AsyncRollouts(cfg, sampler, state_dict, version)
+    # On CPU the worker is forked: it shares the trainer's imported modules instead of importing
+    # its own (DataLoader workers are forked the same way, torch on one thread). A process that
+    # has initialised CUDA cannot fork one that uses it: spawn there.
+    return AsyncRollouts(cfg, sampler, state_dict, version, start_method="fork" if on_cpu else "spawn")
 
 
 def add_cli_args(parser) -> None:

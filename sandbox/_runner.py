@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-output", type=int, default=65536, help="bytes kept per stream")
     parser.add_argument("--max-procs", type=int, default=16, help="RLIMIT_NPROC of user code")
     parser.add_argument("--tmpfs-mb", type=int, default=256)
+    parser.add_argument("--prepared", type=int, default=2, help="children forked ahead of the next request")
     parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
     args = parser.parse_args(argv)
     # Keep the protocol off fds 0/1 so nothing printed by accident corrupts it.
@@ -479,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 __import__(name)
             except ImportError:
                 pass
-        Zygote(args.max_output, args.max_procs).serve(proto_in, proto_out)
+        Zygote(args.max_output, args.max_procs, max(1, args.prepared)).serve(proto_in, proto_out)
     except Exception as e:
         write_frame(proto_out, {"error": f"sandbox worker failed to start: {type(e).__name__}: {e}"})
         return 1

@@ -417,6 +417,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--client", choices=("raw", "httpx"), default="raw", help="the load generator's HTTP client")
     server.add_argument("--snippets", default=",".join(SNIPPETS), help="which snippets, comma-separated")
     server.add_argument("--no-naive", action="store_true", help="skip the naive server (quick runs)")
+    parser.add_argument("--sessions", type=int, default=None, metavar="N",
+                        help="instead: N per-episode session sandboxes, workers forked (fork server) vs exec'ed: "
+                             "start seconds and memory (sandbox/bench_sessions.py)")
     parser.add_argument("--serve-naive", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
 
 
@@ -425,6 +428,16 @@ def cli_main(args) -> int:
         import uvicorn
 
         uvicorn.run(naive_app(), host="127.0.0.1", port=args.serve_naive, log_level="warning", access_log=False)
+        return 0
+    if args.sessions:
+        from agentrl.sandbox import bench_sessions
+
+        report = bench_sessions.run(args.sessions)
+        bench_sessions.print_table(report)
+        out = args.out or "bench_sandbox_sessions.json"
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {out}")
         return 0
     if args.server:
         clients = [int(c) for c in args.clients.split(",") if c.strip()]

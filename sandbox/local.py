@@ -29,10 +29,13 @@ import tempfile
 import threading
 import time
 import weakref
+import logging
 
+from agentrl.sandbox import forkserver
 from agentrl.sandbox._runner import _HEADER, DEFAULT_PRELOAD, SAFE_ENV, read_frame, wait_readable, write_frame
 from agentrl.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxSession
 
+log = logging.getLogger("agentrl.sandbox")
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner.py")
 MAX_STDIN_BYTES = 16 << 20  # below the children's RLIMIT_FSIZE (64 MiB), which the stdin memfd counts against
 SMALL_FRAME = 16384  # requests up to this size are written from the event loop (a pipe holds 64 KiB)
@@ -62,12 +65,21 @@ class WorkerDied(Exception):
 
 
 class _Worker:
-    """One zygote process, talked to over its stdin/stdout with length-prefixed JSON."""
+    """One zygote process, talked to over its stdin/stdout with length-prefixed JSON: forked from
+    the process's fork server (``forkserver.py``) or, with ``forked=False``, exec'ed."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], forked: bool = False):
         self._log = tempfile.TemporaryFile()  # the worker's own stderr, shown if it fails to start
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     env=dict(SAFE_ENV), cwd="/", close_fds=True, start_new_session=True)
+        self.proc = None
+        if forked:
+            preload = next(a for a in argv if a.startswith("--preload="))
+            try:
+                self.proc = forkserver.spawn(argv[0], argv[2:], preload, self._log.fileno())
+            except forkserver.ForkServerError as e:  # e.g. a python without socket.send_fds: exec instead
+                log.warning("sandbox fork server unavailable (%s); starting the worker with exec", e)
+        if self.proc is None:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                         env=dict(SAFE_ENV), cwd="/", close_fds=True, start_new_session=True)
         self.ready = False
 
     def request(self, message: dict, timeout_s: float) -> dict:
@@ -125,7 +137,9 @@ class _Worker:
         # The zygote writes each frame in one go, so once it starts arriving the rest follows.
         reply = read_frame(fd)
         if reply is None:
-            raise WorkerDied(f"the sandbox worker exited (code {self.proc.poll()}) {self.log_tail()}".strip())
+            code = self.proc.poll()
+            how = "exited" if code in (None, -1) else f"exited (code {code})"  # -1: forked, code unknown
+            raise WorkerDied(f"the sandbox worker {how} {self.log_tail()}".strip())
         return reply
 
     def log_tail(self) -> str:
@@ -166,20 +180,29 @@ class LocalSandbox(Sandbox):
     whose imports are all standard library: forking the smaller interpreter costs about half
     (numpy doubles the memory that each fork copies and each exit frees). Code that names
     numpy, ``__import__`` or importlib, or imports anything else, goes to the full workers; a
-    wrong guess only costs time (the import), never a result. Sessions always get full workers."""
+    wrong guess only costs time (the import), never a result. Sessions always get full workers.
+
+    ``fork_server`` (default on): workers are forks of one interpreter per host process that has
+    the preload imported (``forkserver.py``): every sandbox of the process shares those pages,
+    and a worker starts in milliseconds; isolation is the same. Off: each worker exec's Python.
+    ``prepared_children``: children each worker forks ahead of the next request (2 keeps
+    back-to-back one-shot runs from waiting on a fork; a session-only sandbox needs 1)."""
 
     recycle_sessions = True
     """A closed session's zygote serves the next session (see ``LocalSession.close``)."""
 
     def __init__(self, workers: int = 2, max_output_bytes: int = 65536, max_procs: int = 16,
                  tmpfs_mb: int = 256, preload: tuple[str, ...] | None = None, spare_sessions: int = 1,
-                 python: str = sys.executable, isolate: bool = True, light_workers: int | None = None):
+                 python: str = sys.executable, isolate: bool = True, light_workers: int | None = None,
+                 fork_server: bool = True, prepared_children: int = 2):
         if sys.platform != "linux":
             raise SandboxError("LocalSandbox needs Linux namespaces; use DockerSandbox or RemoteSandbox")
         self._argv = [os.path.realpath(python), RUNNER, f"--max-output={max_output_bytes}",
-                      f"--max-procs={max_procs}", f"--tmpfs-mb={tmpfs_mb}"]
+                      f"--max-procs={max_procs}", f"--tmpfs-mb={tmpfs_mb}",
+                      f"--prepared={prepared_children}"]
         if not isolate:
             self._argv.append("--no-isolate")
+        self._forked = fork_server
         preload = DEFAULT_PRELOAD if preload is None else tuple(preload)
         light = tuple(m for m in preload if m.split(".")[0] in STDLIB)
         self._light_argv = self._argv + ["--preload=" + ",".join(light)]
@@ -209,10 +232,10 @@ class LocalSandbox(Sandbox):
         self._finalizer = weakref.finalize(self, _kill_all, self._all)
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._argv)
+        return _Worker(self._argv, self._forked)
 
     def _new_light_worker(self) -> _Worker:
-        return _Worker(self._light_argv)
+        return _Worker(self._light_argv, self._forked)
 
     def _start(self, light: bool = False) -> _Worker:
         worker = self._new_light_worker() if light else self._new_worker()
@@ -240,7 +263,9 @@ class LocalSandbox(Sandbox):
 
     def _recycle(self, worker: _Worker) -> None:
         """A closed session's zygote: kept as a spare up to ``spare_sessions + 1`` idle (the
-        spares plus the one an env re-opens right after closing), else retired."""
+        spares plus the one an env re-opens right after closing), else retired. A trainer's env
+        sandboxes (``agentrl.tools.session_sandbox``) keep no spare: one idle zygote, which the
+        env's next episode takes."""
         with self._lock:
             keep = not self._closed and worker in self._all and len(self._spares) <= self._spare_target
             if keep:

@@ -1,8 +1,8 @@
 """``rollout.mode: async``: a real rollout worker process (its own HF copy of the tiny model, its own
 Collector over the real PythonTool env and sandbox) on the mul2 tasks, against the sync trainer.
 
-Every async trainer here spawns one worker (an interpreter importing torch and transformers), so
-the file keeps to four of them (the resume test, with two, is marked slow).
+Every async trainer here starts one worker (on CPU a fork of the trainer process, sharing its
+imported modules), so the file keeps to four of them (the resume test, with two, is marked slow).
 """
 from __future__ import annotations
 
@@ -93,10 +93,10 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
 
     def probe(trainer):
         return (trainer.rollouts.probe([name]), trainer.model.state_dict()[name].detach().clone(),
-                torch.get_num_threads())
+                torch.get_num_threads(), _shared_dirty_mb(trainer.rollouts.proc.pid))
 
     threads_before = torch.get_num_threads()
-    async_hist, trainer, ((version, tensors), trained, train_threads) = run(
+    async_hist, trainer, ((version, tensors), trained, train_threads, shared_mb) = run(
         tiny_cfg(tmp_path / "async", *same, "rollout.mode=async", "rollout.max_staleness=0"), after=probe)
     sync_t, async_t = saved_trajectories(tmp_path / "sync"), saved_trajectories(tmp_path / "async")
     assert len(sync_t) == len(async_t) == 8
@@ -114,12 +114,20 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
     # on CPU the trainer trains on the cores the worker (rollout.num_threads=1) leaves, then gives them back
     assert train_threads == min(threads_before, max(1, len(os.sched_getaffinity(0)) - 1))
     assert torch.get_num_threads() == threads_before
+    # on CPU the worker is a fork of the trainer: torch's and transformers' pages are shared with
+    # it (a spawned worker shares only the ~5 MB shared-memory weights)
+    assert shared_mb > 50, shared_mb
     from transformers import AutoModelForCausalLM
 
     initial = AutoModelForCausalLM.from_pretrained(cached_tiny_model()).state_dict()[name]
     assert not torch.equal(trained, initial)  # the probe saw weights that did move
     for key in ("time/wait_rollout_s", "time/weight_push_s", "async/staleness_mean"):
         assert key in async_hist[-1] and key in sync_hist[-1]
+
+
+def _shared_dirty_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Shared_Dirty:")) / 1024
 
 
 # -- (a) K=1 overlaps with staleness <= 1; resume restarts the pipeline --------------------------------

@@ -28,3 +28,15 @@ def test_bench_sandbox_server_small(tmp_path, capsys):
     assert report["meta"]["cpus"] >= 1
     table = capsys.readouterr().out
     assert "| clients | snippet" in table and "x naive" in table and "CPU ms/call" in table
+
+
+@pytest.mark.timeout(180)
+def test_bench_sandbox_sessions_compares_forked_and_execed_workers(tmp_path, capsys):
+    out = tmp_path / "sessions.json"
+    assert main(["bench", "sandbox", "--sessions", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["workers"] for r in report["rows"]] == ["exec", "forked"]
+    for r in report["rows"]:
+        assert r["ok"] and r["sessions"] == 3 and r["pss_mb"] > 0 and r["start_s"] > 0
+    assert report["ratios"]["pss_mb"] == pytest.approx(report["rows"][1]["pss_mb"] / report["rows"][0]["pss_mb"])
+    assert "forked / exec" in capsys.readouterr().out

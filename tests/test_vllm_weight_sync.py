@@ -43,14 +43,14 @@ def test_shared_memory_round_trip_keeps_every_dtype_and_shape():
         "strided": torch.randn(4, 6).t(),  # non-contiguous: copied in row-major order
     }
     before = _shm_blocks()
-    block, manifest = ws.pack(tensors)
+    shared = ws.SharedWeights()
     try:
+        name, manifest = shared.write(tensors)
         assert all(offset % 64 == 0 for *_, offset, _ in manifest)
         receiver = _Collect()
-        assert receiver.agentrl_load_shared_weights(block.name, manifest) == len(tensors)
+        assert receiver.agentrl_load_shared_weights(name, manifest) == len(tensors)
     finally:
-        block.close()
-        block.unlink()
+        shared.close()
     assert list(receiver.got) == list(tensors)
     for name, t in tensors.items():
         assert receiver.got[name].dtype == t.dtype and receiver.got[name].shape == t.shape
@@ -64,13 +64,13 @@ def test_the_receiver_unmaps_the_block_when_the_reload_fails():
             next(iter(weights_iterator))
             raise RuntimeError("boom")
 
-    block, manifest = ws.pack({"w": torch.ones(1000)})
+    shared = ws.SharedWeights()
     try:
+        name, manifest = shared.write({"w": torch.ones(1000)})
         with pytest.raises(RuntimeError, match="boom"):
-            Failing().agentrl_load_shared_weights(block.name, manifest)
+            Failing().agentrl_load_shared_weights(name, manifest)
     finally:
-        block.close()
-        block.unlink()
+        shared.close()
 
 
 def test_the_kept_block_is_reused_while_the_layout_holds_and_the_receiver_sees_every_push():

@@ -115,20 +115,6 @@ def _copy_in(block: shared_memory.SharedMemory, manifest: list[list], tensors: d
             torch.frombuffer(block.buf, dtype=torch.uint8, count=nbytes, offset=off).copy_(_uint8_view(t))
 
 
-def pack(tensors: dict[str, torch.Tensor]) -> tuple[shared_memory.SharedMemory, list[list]]:
-    """Copy ``tensors`` into one new shared-memory block; returns it and the manifest
-    ``[name, dtype, shape, offset, nbytes]`` per tensor. The caller closes and unlinks the block."""
-    manifest, size = _manifest(tensors)
-    block = shared_memory.SharedMemory(create=True, size=size)
-    try:
-        _copy_in(block, manifest, tensors)
-    except BaseException:
-        block.close()
-        block.unlink()
-        raise
-    return block, manifest
-
-
 class SharedWeights:
     """The trainer's block, kept mapped across pushes while the names, dtypes and shapes stay the
     same (a new layout gets a new block). A fresh block per push costs a page fault and a kernel
@@ -156,19 +142,10 @@ class SharedWeights:
             self.block, self.manifest = None, []
 
 
-def push(llm, tensors: dict[str, torch.Tensor], shared: SharedWeights | None = None) -> None:
-    """Load ``tensors`` into every worker of ``llm`` through shared memory: ``shared``'s kept
-    block, or (None) a block made for this push alone."""
-    if shared is not None:
-        name, manifest = shared.write(tensors)
-        llm.collective_rpc(RPC_METHOD, kwargs={"block_name": name, "manifest": manifest})
-        return
-    block, manifest = pack(tensors)
-    try:
-        llm.collective_rpc(RPC_METHOD, kwargs={"block_name": block.name, "manifest": manifest})
-    finally:
-        block.close()
-        block.unlink()
+def push(llm, tensors: dict[str, torch.Tensor], shared: SharedWeights) -> None:
+    """Load ``tensors`` into every worker of ``llm`` through ``shared``'s kept block."""
+    name, manifest = shared.write(tensors)
+    llm.collective_rpc(RPC_METHOD, kwargs={"block_name": name, "manifest": manifest})
 
 
 # ---------------------------------------------------------------------------- worker side
