@@ -263,6 +263,10 @@ class OptimConfig(_Strict):
     """LM-head rows per chunk when computing log-probs and entropy (peak memory ~ chunk x vocab)."""
     sort_by_length: bool = True
     """Group episodes of similar length into micro-batches (less padding; same gradient)."""
+    share_prefix: bool = True
+    """Sequences of a micro-batch that begin with the same prompt (a GRPO group) run as one packed
+    row, the prompt computed once (agentrl.prefix_sharing, Prefix Grouper): the same log-probs
+    and gradient to float rounding. Only with sdpa / eager attention (flash-attention: off)."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: less memory
     for ~1/3 more compute (TRL's GRPOConfig turns it on by default)."""

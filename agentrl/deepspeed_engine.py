@@ -201,14 +201,17 @@ class DeepSpeedEngine:
         out = self.engine(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False)
         return out.logits
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The body's hidden states. The body and head are called as submodules of the wrapped
         model: under ZeRO-3 every submodule carries DeepSpeed's hooks, which gather its
         partitioned parameters for the call (and again in backward)."""
         dev = self.engine.device
         module = self.engine.module
         body = getattr(module, module.base_model_prefix)
-        return body(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False).last_hidden_state
+        position_ids = position_ids.to(dev) if position_ids is not None else None
+        return body(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), position_ids=position_ids,
+                    use_cache=False).last_hidden_state
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.engine.module.get_output_embeddings()(hidden)

@@ -21,11 +21,13 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from agentrl.prefix_sharing import pack_shared_prefixes
+
 DEFAULT_CHUNK_TOKENS = 1024
 
 
 class ModelParts(Protocol):
-    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor: ...
 
     def head(self, hidden: Tensor) -> Tensor: ...
 
@@ -44,9 +46,10 @@ class CausalLMParts:
         device_type = next(self.model.parameters()).device.type
         return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16)
 
-    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         with self._autocast():
-            return self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False).last_hidden_state
 
     def head(self, hidden: Tensor) -> Tensor:
         with self._autocast():
@@ -73,6 +76,7 @@ def trained_token_stats(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
+    attention: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``(logprobs [B, T], entropy [B, T] or None)``, float32 and aligned with ``input_ids``:
 
@@ -88,13 +92,22 @@ def trained_token_stats(
     (``[N, V]`` logits, still only at trained positions). Under ZeRO-3 every head call gathers
     the head's partitioned weight, a collective: ranks holding different numbers of trained tokens
     would make different numbers of chunked calls and deadlock, so partitioned engines use this.
+
+    ``attention`` (the model's attention implementation, ``sdpa`` or ``eager``): sequences that
+    begin with the same prompt run as one packed row, the prompt computed once
+    (:mod:`agentrl.prefix_sharing`); None runs every sequence as it is.
     """
     B, T = input_ids.shape
     logp_out = torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)
     ent_out = torch.zeros_like(logp_out) if with_entropy else None
     rows, cols = loss_mask[:, 1:].to(input_ids.device).bool().nonzero(as_tuple=True)  # predicting token cols+1
-    hidden = model.hidden(input_ids, attention_mask)
-    selected = hidden[rows, cols]  # [N, H]
+    packed = pack_shared_prefixes(input_ids, attention_mask, loss_mask, attention) if attention else None
+    if packed is None:
+        hidden = model.hidden(input_ids, attention_mask)
+        selected = hidden[rows, cols]  # [N, H]
+    else:
+        hidden = model.hidden(packed.input_ids, packed.attention_mask, packed.position_ids)
+        selected = hidden[packed.row[rows, cols], packed.col[rows, cols]]
     targets = input_ids[rows, cols + 1]
     if chunk_tokens is None:  # one head call, even on zero rows: see the docstring
         pieces = [_chunk_stats(model.head, selected, targets, temperature, with_entropy)]

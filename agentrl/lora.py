@@ -99,9 +99,9 @@ class ReferenceParts:
     def __init__(self, parts, model: torch.nn.Module):
         self.parts, self.model = parts, model
 
-    def hidden(self, input_ids, attention_mask):
+    def hidden(self, input_ids, attention_mask, position_ids=None):
         with adapters_disabled(self.model):
-            return self.parts.hidden(input_ids, attention_mask)
+            return self.parts.hidden(input_ids, attention_mask, position_ids)
 
     def head(self, hidden):
         with adapters_disabled(self.model):

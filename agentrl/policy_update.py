@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from agentrl.logprobs import trained_token_stats
+from agentrl.prefix_sharing import PACKABLE_ATTENTION, attention_kind, group_order
 from agentrl.losses import aggregation_count, grpo_loss, positive_nll
 
 # How per-micro-batch metrics combine: losses are already divided by the minibatch's count
@@ -37,11 +38,16 @@ EXTREMES = {"ratio_max": max, "ratio_min": min}
 LOG_RATIO_CLAMP = 20.0
 
 
-def length_order(batch: dict, index: np.ndarray, enabled: bool = True) -> torch.Tensor:
-    """``index`` sorted by sequence length, longest first (micro-batches of similar widths)."""
+def length_order(batch: dict, index: np.ndarray, enabled: bool = True, by_prompt: bool = False) -> torch.Tensor:
+    """``index`` sorted by sequence length, longest first (micro-batches of similar widths);
+    ``by_prompt`` (prefix sharing): the sequences of each prompt kept together, so micro-batches
+    hold whole groups to pack."""
     index = torch.as_tensor(index, dtype=torch.long)
     if not enabled or len(index) < 2:
         return index
+    if by_prompt:
+        order = group_order(batch["input_ids"][index], batch["attention_mask"][index], batch["loss_mask"][index])
+        return index[torch.tensor(order, dtype=torch.long)]
     lengths = batch["attention_mask"][index].sum(-1)
     return index[torch.argsort(lengths, descending=True, stable=True)]
 
@@ -60,12 +66,12 @@ def _dummy_pass(parts, device) -> torch.Tensor:
 
 
 def no_grad_logprobs(parts, batch: dict, micro: int, n_chunks: int, temperature: float, device,
-                     chunk_tokens: int | None, sort: bool = True) -> torch.Tensor:
+                     chunk_tokens: int | None, sort: bool = True, attention: str | None = None) -> torch.Tensor:
     """Log-probs ``[B, T]`` (CPU, float32) of ``batch``'s loss-mask tokens under ``parts`` (the
     policy or the frozen reference), ``micro`` sequences per forward, no grad. ``n_chunks`` is
     the number of forwards every rank makes (the most any rank needs)."""
     out = torch.zeros(batch["input_ids"].shape if batch else (0, 0), dtype=torch.float32)
-    chunks = list(length_order(batch, np.arange(out.shape[0]), sort).split(micro)) if batch else []
+    chunks = list(length_order(batch, np.arange(out.shape[0]), sort, attention is not None).split(micro)) if batch else []
     with torch.no_grad():
         for i in range(n_chunks):
             if i >= len(chunks):
@@ -73,7 +79,7 @@ def no_grad_logprobs(parts, batch: dict, micro: int, n_chunks: int, temperature:
                 continue
             mb = micro_batch(batch, chunks[i], device)
             lp, _ = trained_token_stats(parts, mb["input_ids"], mb["attention_mask"], mb["loss_mask"], temperature,
-                                        chunk_tokens=chunk_tokens)
+                                        chunk_tokens=chunk_tokens, attention=attention)
             out[chunks[i], :lp.shape[1]] = lp.float().cpu()
     return out
 
@@ -129,6 +135,8 @@ class PolicyUpdate:
         self._nan_injected = False
         # ZeRO-3: one LM-head call per forward on every rank (see trained_token_stats)
         self.chunk_tokens = None if getattr(engine, "partitioned_weights", False) else cfg.optim.logprob_chunk_tokens
+        attention = attention_kind(getattr(engine, "model", None))
+        self.attention = attention if cfg.optim.share_prefix and attention in PACKABLE_ATTENTION else None
 
     # -- helpers shared with the trainer -------------------------------------------------------
     def n_chunks(self, counts: list[int]) -> int:
@@ -138,7 +146,7 @@ class PolicyUpdate:
     def logprobs(self, parts, batch: dict | None, counts: list[int]) -> torch.Tensor | None:
         o, r = self.cfg.optim, self.cfg.rollout
         out = no_grad_logprobs(parts, batch or {}, o.micro_batch_size, self.n_chunks(counts), r.temperature,
-                               self.engine.device, self.chunk_tokens, o.sort_by_length)
+                               self.engine.device, self.chunk_tokens, o.sort_by_length, self.attention)
         return out if batch else None
 
     def _reduce(self, sums: dict[str, float], max_keys=(), min_keys=()) -> dict[str, float]:
@@ -168,7 +176,8 @@ class PolicyUpdate:
             if batch is not None:
                 record.update(self._correct_mismatch(batch, trainer_lp))
         splits = [np.array_split(np.arange(c), a.minibatches) for c in counts]
-        local = [length_order(batch, mb, o.sort_by_length) if batch is not None else torch.zeros(0, dtype=torch.long)
+        local = [length_order(batch, mb, o.sort_by_length, self.attention is not None) if batch is not None
+                 else torch.zeros(0, dtype=torch.long)
                  for mb in splits[self.engine.rank]]
         n_micro = [max(math.ceil(len(s[m]) / o.micro_batch_size) for s in splits) for m in range(a.minibatches)]
         counts_tokens = [[self._count(batch, mb, a.loss_agg), self._count(batch, mb, "token_mean"),
@@ -270,7 +279,7 @@ class PolicyUpdate:
                 mb = micro_batch(batch, chunks[i], device)
                 logprobs, entropy = trained_token_stats(self.engine, mb["input_ids"], mb["attention_mask"], mb["loss_mask"],
                                                         self.cfg.rollout.temperature, with_entropy=True,
-                                                        chunk_tokens=self.chunk_tokens)
+                                                        chunk_tokens=self.chunk_tokens, attention=self.attention)
                 if a.entropy_coef == 0.0:
                     entropy = entropy.detach()  # reported only
                 engine_lp = mb["old_logprobs"]

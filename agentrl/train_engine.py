@@ -35,8 +35,10 @@ class TrainEngine(Protocol):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Full ``[B, T, V]`` logits (SFT; the RL loss uses ``hidden`` + ``head`` instead)."""
 
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The model body's final hidden states ``[B, T, H]`` (see :mod:`agentrl.logprobs`)."""
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The model body's final hidden states ``[B, T, H]`` (see :mod:`agentrl.logprobs`);
+        ``attention_mask`` 2-D (padding) or 4-D (packed, with ``position_ids``)."""
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on some hidden states: logits ``[..., V]``."""
@@ -118,8 +120,8 @@ class TorchEngine:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def hidden(self, input_ids, attention_mask):
-        return self.parts.hidden(input_ids, attention_mask)
+    def hidden(self, input_ids, attention_mask, position_ids=None):
+        return self.parts.hidden(input_ids, attention_mask, position_ids)
 
     def head(self, hidden):
         return self.parts.head(hidden)
