@@ -206,7 +206,7 @@ def serve(preload: str) -> int:
         control.send(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
         return 1
     gc.freeze()  # the workers fork from here: keep the collector from touching (copying) these pages
-    signal.signal(signal.SIGCHLD, lambda *_: _reap())  # a killed worker is gone at once, not a zombie
+    signal.signal(signal.SIGCHLD, lambda *_: _runner._reap(block=False))  # a killed worker is gone at once
     control.send(json.dumps({"ready": True}).encode())
     while True:
         try:
@@ -254,15 +254,6 @@ def _worker(fds: list[int], argv: list[str], runner) -> None:
     finally:
         os._exit(code if isinstance(code, int) else 70)
 
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 if __name__ == "__main__":
