@@ -48,19 +48,19 @@ def attention_kind(model) -> str | None:
     return getattr(config, "_attn_implementation", None) if config is not None else None
 
 
-def prompt_keys(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> tuple[list, list[int]]:
-    """Per sequence: its prompt (the tokens before its first trained one) as a hashable key, and
-    that prompt's length."""
+def prompt_keys(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> list[tuple[int, bytes]]:
+    """Per sequence: its prompt (the tokens before its first trained one) as a hashable key
+    ``(length, tokens)``."""
     trained = loss_mask.bool()
     first = torch.where(trained.any(1), trained.int().argmax(1), attention_mask.sum(1)).tolist()
     ids = input_ids.cpu()
-    return [(p, ids[b, :p].numpy().tobytes()) for b, p in enumerate(first)], first
+    return [(p, ids[b, :p].numpy().tobytes()) for b, p in enumerate(first)]
 
 
 def group_order(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> list[int]:
     """Row order that keeps the sequences of a prompt together (so a micro-batch holds whole
     groups to pack), groups with the longest sequences first, longest first within a group."""
-    keys, _ = prompt_keys(input_ids, attention_mask, loss_mask)
+    keys = prompt_keys(input_ids, attention_mask, loss_mask)
     lengths = attention_mask.sum(1).tolist()
     longest: dict = {}
     for k, n in zip(keys, lengths):
@@ -77,7 +77,7 @@ def pack_shared_prefixes(input_ids: Tensor, attention_mask: Tensor, loss_mask: T
     if (loss_mask.bool() & ~attention_mask.bool()).any():  # a trained position outside its sequence
         return None
     lengths = attention_mask.sum(1).tolist()
-    keys, _ = prompt_keys(input_ids, attention_mask, loss_mask)
+    keys = prompt_keys(input_ids, attention_mask, loss_mask)
     ids_cpu = input_ids.cpu()
     groups: dict[tuple[int, bytes], list[int]] = {}
     for b, key in enumerate(keys):

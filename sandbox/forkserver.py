@@ -168,22 +168,24 @@ _servers_lock = threading.Lock()
 def spawn(python: str, argv: list[str], preload_arg: str, stderr_fd: int) -> ForkedProcess:
     """A worker (``_runner.py`` with ``argv``) forked from this process's server for ``python`` and
     ``preload_arg`` (``--preload=...``), which is started on first use and restarted if it died."""
+    server = _live_server(python, preload_arg)
+    try:
+        return server.spawn(argv, stderr_fd)
+    except (OSError, ValueError):  # it died under us: one fresh server, one more try
+        return _live_server(python, preload_arg, dead=server).spawn(argv, stderr_fd)
+
+
+def _live_server(python: str, preload_arg: str, dead: ForkServer | None = None) -> ForkServer:
+    """This process's server for ``(python, preload_arg)``, started anew if there is none, it
+    died, it belongs to the process this one was forked from, or it is ``dead``."""
     key = (python, preload_arg)
     with _servers_lock:
         server = _servers.get(key)
-        if server is None or not server.alive():
+        if server is None or server is dead or not server.alive():
             if server is not None and os.getpid() == server.owner:
                 server.close()
             server = _servers[key] = ForkServer(python, preload_arg)
-    try:
-        return server.spawn(argv, stderr_fd)
-    except (OSError, ValueError):
-        with _servers_lock:  # it died under us: one fresh server, one more try
-            if _servers.get(key) is server:
-                if os.getpid() == server.owner:
-                    server.close()
-                server = _servers[key] = ForkServer(python, preload_arg)
-        return server.spawn(argv, stderr_fd)
+        return server
 
 
 # ---------------------------------------------------------------- server side (this file run as a script)
