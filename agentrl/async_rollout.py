@@ -8,8 +8,13 @@ PipelineRL's bookkeeping (every sample records the weights version that produced
 
 * The trainer keeps a shared-memory copy of the policy's state dict (``share_memory_()``
   tensors, handed to the worker once, at start). After every optimiser step it copies the new
-  weights in and bumps the version under a lock (``push``); before each request the worker
-  loads the newest version, if it changed, into its own HF copy of the policy.
+  weights in and bumps the version under a lock (``push``). With ``max_staleness <= 1`` the
+  worker's module *is* that copy (its parameters are the shared tensors) and it holds the lock
+  while it plays a batch, so a push waits for the batch in play -- the one the trainer takes
+  next anyway, so nothing overlapped is lost, and one copy of the weights is saved (108 MB at
+  the ``small`` size). With K >= 2 the trainer must be able to push while the worker plays, so
+  the worker keeps its own copy and loads the newest version, if it changed, before each
+  request.
 * Requests carry what a sync step would sample: (tasks, group size, seed), drawn by the
   trainer's ``BatchSampler`` in the run's order with the same per-step seeds, so the data order
   and seeds are those of ``sync``. The worker plays them with its own ``Collector`` (same env id,
@@ -79,6 +84,8 @@ class RolloutResult:
     timing: dict[str, float] = field(default_factory=dict)
     tensors: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    shares_weights: bool | None = None
+    """``probe``: whether every parameter of the worker's module is shared memory."""
 
 
 @dataclass
@@ -107,7 +114,8 @@ class AsyncRollouts:
         self.cfg, self.sampler = cfg, sampler
         self.max_staleness = cfg.rollout.max_staleness
         ctx = torch.multiprocessing.get_context(start_method)
-        self.shared = {k: v.detach().to("cpu", copy=True).contiguous().share_memory_() for k, v in state_dict.items()}
+        self.shared = _shared_copy(state_dict)
+        self._push_wait_s = 0.0  # how long the last push waited for the batch in play (aliased worker)
         self.lock = ctx.Lock()
         self.version = ctx.Value("q", version, lock=False)
         self.push_id = ctx.Value("q", 0, lock=False)  # bumped by every push: the worker reloads when it moves
@@ -115,7 +123,8 @@ class AsyncRollouts:
         req_r, self._requests = ctx.Pipe(duplex=False)
         self._results, res_w = ctx.Pipe(duplex=False)
         spec = {"model_path": cfg.model.path, "num_threads": cfg.rollout.num_threads, "env_id": cfg.env.id,
-                "env_kwargs": env_kwargs(cfg), "collector": collector_config(cfg)}
+                "env_kwargs": env_kwargs(cfg), "collector": collector_config(cfg),
+                "alias_weights": self.max_staleness <= 1}
         self.proc = ctx.Process(target=worker_main, name="agentrl-rollout-worker", daemon=True,
                                 args=(spec, self.shared, self.version, self.push_id, self.lock, self.cancel_below,
                                       req_r, res_w))
@@ -158,7 +167,8 @@ class AsyncRollouts:
         req, data_pos = self.pending.popleft()
         start = time.perf_counter()
         res = self._wait(req.id, f"step {step}'s batch")
-        wait_s = time.perf_counter() - start
+        wait_s = time.perf_counter() - start + self._push_wait_s  # an aliased worker's batch may be waited for in push()
+        self._push_wait_s = 0.0
         if step - res.version > self.max_staleness:  # cannot happen by construction; never train on it if it does
             raise RolloutWorkerError(f"step {step}'s batch was sampled with weights version {res.version}, older than "
                                      f"rollout.max_staleness={self.max_staleness} allows")
@@ -168,13 +178,15 @@ class AsyncRollouts:
     def push(self, state_dict: dict[str, torch.Tensor], version: int) -> float:
         """Copy the new weights into the shared state dict as ``version``; returns the seconds taken."""
         start = time.perf_counter()
-        with self._locked():
+        with self._locked():  # an aliased worker holds it while it plays a batch: this waits for that batch
+            locked = time.perf_counter()
             with torch.no_grad():
-                for name, dst in self.shared.items():
+                for name, dst in self.shared.items():  # a tied copy twice: a few MB, not worth a seen-set
                     dst.copy_(state_dict[name])
             self.version.value = version
             self.push_id.value += 1
-        return time.perf_counter() - start
+        self._push_wait_s += locked - start  # counted as waiting for the batch (take()), not as pushing
+        return time.perf_counter() - locked
 
     def restart(self, state_dict: dict[str, torch.Tensor], version: int, data_pos: int) -> None:
         """After a restore: drop the batches in flight, push ``state_dict`` and request again from
@@ -188,10 +200,12 @@ class AsyncRollouts:
         self.fill(version)
 
     def probe(self, names: list[str]) -> tuple[int, dict[str, torch.Tensor]]:
-        """The worker's current (newest pushed) tensors ``names`` and their version: what it samples with."""
+        """The worker's current (newest pushed) tensors ``names`` and their version: what it samples with.
+        Also sets ``worker_shares_weights``: whether every parameter of its module is shared memory."""
         req = RolloutRequest(self._new_id(), "probe", names=list(names))
         self._send(req)
         res = self._wait(req.id, "a weights probe")
+        self.worker_shares_weights = res.shares_weights
         return res.version, {n: torch.from_numpy(a) for n, a in res.tensors.items()}
 
     def close(self) -> None:
@@ -268,8 +282,9 @@ class AsyncRollouts:
 
 def worker_main(spec: dict, shared: dict[str, torch.Tensor], version, push_id, lock, cancel_below, requests,
                 results) -> None:
-    """The rollout worker process: its own HF copy of the policy and its own Collector, playing
-    requests in order until the trainer sends None (or goes away)."""
+    """The rollout worker process: an HF module on the shared weights (``alias_weights``, when
+    their dtypes and shapes fit the checkpoint's) or on its own copy, and its own Collector,
+    playing requests in order until the trainer sends None (or goes away)."""
     torch.set_num_threads(spec["num_threads"])
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -279,6 +294,15 @@ def worker_main(spec: dict, shared: dict[str, torch.Tensor], version, push_id, l
         from agentrl.engines.hf import HFEngine
 
         model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=torch.float32).eval().requires_grad_(False)
+        own = model.state_dict()
+        alias = spec.get("alias_weights", False) and all(
+            k in own and own[k].dtype == v.dtype and own[k].shape == v.shape for k, v in shared.items())
+        del own
+        if alias:  # the module's parameters become the shared tensors (its loaded ones are freed)
+            missing, unexpected = model.load_state_dict(shared, strict=False, assign=True)
+            if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+                raise ValueError(f"shared weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            model.tie_weights()  # re-point a tied output embedding at the (shared) input one
         engine = HFEngine(model, tokenizer=AutoTokenizer.from_pretrained(spec["model_path"]),
                           num_threads=spec["num_threads"])
         collector = Collector(spec["env_id"], engine, spec["collector"], env_kwargs=spec["env_kwargs"])
@@ -297,20 +321,15 @@ def worker_main(spec: dict, shared: dict[str, torch.Tensor], version, push_id, l
             if req.id < cancel_below.value:
                 continue  # discarded by a restore before it started
             try:
-                with lock:
-                    if push_id.value != loaded:
-                        engine.update_weights(shared)
-                        loaded, held = push_id.value, version.value
-                if req.kind == "probe":
-                    own = model.state_dict()
-                    res = RolloutResult(req.id, held, tensors={n: own[n].detach().numpy().copy() for n in req.names})
+                if alias:
+                    with lock:  # held while playing: a push waits for the batch, the weights cannot change under it
+                        res = _play(req, model, collector, version.value)
                 else:
-                    start, cpu = time.perf_counter(), time.process_time()
-                    trajs = collector.collect(req.tasks, req.group_size, seed=req.seed)
-                    for t in trajs:
-                        t.policy_version = held
-                    res = RolloutResult(req.id, held, trajs, {**collector.timing, "collect_s": time.perf_counter() - start,
-                                                              "worker_cpu_s": time.process_time() - cpu})
+                    with lock:
+                        if push_id.value != loaded:
+                            engine.update_weights(shared)
+                            loaded, held = push_id.value, version.value
+                    res = _play(req, model, collector, held)
             except Exception:
                 res = RolloutResult(req.id, error=traceback.format_exc())
             results.send(res)
@@ -322,3 +341,30 @@ def worker_main(spec: dict, shared: dict[str, torch.Tensor], version, push_id, l
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _play(req: RolloutRequest, model, collector, held: int) -> RolloutResult:
+    """One request played with weights version ``held``."""
+    if req.kind == "probe":
+        own = model.state_dict()
+        return RolloutResult(req.id, held, tensors={n: own[n].detach().numpy().copy() for n in req.names},
+                             shares_weights=all(p.is_shared() for p in model.parameters()))
+    start, cpu = time.perf_counter(), time.process_time()
+    trajs = collector.collect(req.tasks, req.group_size, seed=req.seed)
+    for t in trajs:
+        t.policy_version = held
+    return RolloutResult(req.id, held, trajs, {**collector.timing, "collect_s": time.perf_counter() - start,
+                                               "worker_cpu_s": time.process_time() - cpu})
+
+
+def _shared_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A shared-memory copy of ``state_dict``; names that share one tensor (tied embeddings)
+    share one copy."""
+    copies: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, t in state_dict.items():
+        key = t.data_ptr()
+        if key not in copies:
+            copies[key] = t.detach().to("cpu", copy=True).contiguous().share_memory_()
+        out[name] = copies[key]
+    return out

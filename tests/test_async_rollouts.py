@@ -93,10 +93,11 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
 
     def probe(trainer):
         return (trainer.rollouts.probe([name]), trainer.model.state_dict()[name].detach().clone(),
-                torch.get_num_threads(), _shared_dirty_mb(trainer.rollouts.proc.pid))
+                torch.get_num_threads(), _shared_dirty_mb(trainer.rollouts.proc.pid),
+                trainer.rollouts.worker_shares_weights)
 
     threads_before = torch.get_num_threads()
-    async_hist, trainer, ((version, tensors), trained, train_threads, shared_mb) = run(
+    async_hist, trainer, ((version, tensors), trained, train_threads, shared_mb, aliased) = run(
         tiny_cfg(tmp_path / "async", *same, "rollout.mode=async", "rollout.max_staleness=0"), after=probe)
     sync_t, async_t = saved_trajectories(tmp_path / "sync"), saved_trajectories(tmp_path / "async")
     assert len(sync_t) == len(async_t) == 8
@@ -117,6 +118,8 @@ def test_k0_async_gives_the_sync_run_and_the_worker_holds_the_pushed_weights(tmp
     # on CPU the worker is a fork of the trainer: torch's and transformers' pages are shared with
     # it (a spawned worker shares only the ~5 MB shared-memory weights)
     assert shared_mb > 50, shared_mb
+    # K <= 1: the worker's parameters are the shared-memory weights themselves (no third copy)
+    assert aliased is True
     from transformers import AutoModelForCausalLM
 
     initial = AutoModelForCausalLM.from_pretrained(cached_tiny_model()).state_dict()[name]
@@ -131,7 +134,6 @@ def _shared_dirty_mb(pid: int) -> float:
 
 
 # -- (a) K=1 overlaps with staleness <= 1; resume restarts the pipeline --------------------------------
-@pytest.mark.slow  # two worker spawns
 @pytest.mark.timeout(1800)
 def test_k1_staleness_is_bounded_and_recorded_and_resume_discards_batches_in_flight(tmp_path):
     cfg = tiny_cfg(tmp_path, "run.steps=3", "run.save_every=2", "rollout.mode=async", "rollout.max_staleness=1",
@@ -156,6 +158,24 @@ def test_k1_staleness_is_bounded_and_recorded_and_resume_discards_batches_in_fli
     again = step3[4:]  # the resumed run's step 3: the same tasks as the first run's, drawn from data_pos 4
     assert [t["task_id"] for t in again] == [t["task_id"] for t in first_run]
     assert all(t["policy_version"] == 2 for t in again)
+
+
+@pytest.mark.timeout(1800)
+def test_k2_worker_keeps_its_own_copy_and_loads_the_newest_push(tmp_path):
+    """K >= 2: the trainer may push while the worker plays a batch, so the worker's module is its
+    own copy (not the shared tensors), refreshed from the newest push before each request."""
+    name = "model.embed_tokens.weight"
+
+    def probe(trainer):
+        return trainer.rollouts.probe([name]), trainer.model.state_dict()[name].detach().clone(), \
+            trainer.rollouts.worker_shares_weights
+
+    history, _, ((version, tensors), trained, aliased) = run(
+        tiny_cfg(tmp_path, "run.steps=3", "rollout.mode=async", "rollout.max_staleness=2", "algorithm.entropy_coef=0.01"),
+        after=probe)
+    assert aliased is False
+    assert max(h["async/staleness_max"] for h in history) <= 2
+    assert version == 3 and torch.equal(tensors[name], trained)
 
 
 # -- (e) a dead worker is a clear error, not a hang --------------------------------------------------

@@ -52,6 +52,51 @@ def test_hermes_trace_is_a_valid_tool_conversation():
     assert text.rstrip().endswith(f"<answer>{task['answer']}</answer><|im_end|>")
 
 
+def test_common_prefix_length():
+    assert common.common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common.common_prefix_length([[1, 2], [1, 2]]) == 2
+    assert common.common_prefix_length([[7], [1]]) == 0
+
+
+def test_warm_start_loss_with_the_shared_prefix_equals_the_padded_batch():
+    """The warm start computes the traces' common prefix once (its KV cache repeated over the
+    batch): the loss and every parameter's gradient must be the padded batch's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrl.model import cached_tiny_model
+
+    path = cached_tiny_model("tiny")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    tools = [common.python_tool_schema()]
+    seqs = []
+    for task in common.bench_tasks(limit=4):
+        msgs = common.hermes_trace(task)
+        prompt = tok.apply_chat_template(msgs[:2], tools=tools, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(msgs, tools=tools, tokenize=False)
+        seqs.append((tok.encode(full, add_special_tokens=False), len(tok.encode(prompt, add_special_tokens=False))))
+    seqs[1] = (seqs[1][0][:-3], seqs[1][1])  # unequal lengths: padding on the right
+    assert common.common_prefix_length([s for s, _ in seqs]) > 200  # the system prompt and the tool schema
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    W = max(len(s) for s, _ in seqs)
+    ids = torch.full((4, W), tok.pad_token_id)
+    labels = torch.full((4, W), -100)
+    att = torch.zeros((4, W), dtype=torch.long)
+    for r, (s, p) in enumerate(seqs):
+        ids[r, :len(s)], att[r, :len(s)], labels[r, p:len(s)] = torch.tensor(s), 1, torch.tensor(s[p:])
+    padded = model(input_ids=ids, attention_mask=att, labels=labels).loss
+    g_padded = grads(padded)
+    shared = common.shared_prefix_sft_loss(model, seqs, tok.pad_token_id)
+    g_shared = grads(shared)
+    assert shared.item() == pytest.approx(padded.item(), rel=1e-5)
+    assert torch.allclose(g_shared, g_padded, rtol=1e-4, atol=1e-6)
+
+
 def test_ratios_and_verdict():
     results = [
         {"ok": True, "variant": "single", "framework": "agentrl", "s_per_step": 1.0, "tokens_per_s": 200.0,

@@ -63,6 +63,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warm-start-steps", type=int, default=150,
                         help="tool variant: supervised steps on Hermes tool-call traces before benchmarking, so both "
                              "frameworks actually call the tool (a random model never emits a parseable call); 0 = off")
+    parser.add_argument("--warm-start-lr", type=float, default=1e-3,
+                        help="tool variant: peak learning rate of the warm start (10%% warm-up, cosine to a tenth)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each framework this many times, alternating agentrl/TRL; the fastest run of each is "
                              "reported (all runs are in the JSON) -- use >1 on a shared, noisy machine")
@@ -98,7 +100,7 @@ def cli_main(args: argparse.Namespace) -> int:
     for variant in args.variants:
         if variant == "tool" and args.warm_start_steps > 0:
             console.print(f"[dim]tool variant: warm-starting the model on Hermes tool-call traces ({args.warm_start_steps} steps)...[/dim]")
-            warm = _run_worker("warm", dict(base, model=model, warm_steps=args.warm_start_steps), args.timeout)
+            warm = _run_worker("warm", dict(base, model=model, warm_steps=args.warm_start_steps, warm_lr=args.warm_start_lr), args.timeout)
             if not warm.get("ok"):
                 notes.append(f"warm start failed, tool variant uses the base model: {warm.get('error')}")
                 models["tool"] = model
@@ -167,7 +169,9 @@ def _run_worker(kind: str, spec: dict, timeout: float) -> dict:
         cmd = [sys.executable, "-m", "agentrl.bench.trainer", "--worker", kind, "--spec", json.dumps(spec),
                "--result", str(result), "--workdir", tmp]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # the warm start is long (minutes) and prints its progress: let it reach the terminal
+        stderr_to = None if kind == "warm" else subprocess.PIPE
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr_to, text=True)
         with TreeMemory(proc.pid) as memory:  # the run's whole tree: sandbox children, the async rollout worker
             try:
                 stdout, stderr = proc.communicate(timeout=timeout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,18 +61,61 @@ def hermes_trace(task: dict) -> list[dict]:
     ]
 
 
+def common_prefix_length(seqs: list[list[int]]) -> int:
+    """How many leading tokens all of ``seqs`` share."""
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return n
+
+
+def shared_prefix_sft_loss(model, seqs: list[tuple[list[int], int]], pad_id: int):
+    """Mean next-token loss over the completion tokens of ``seqs`` (``(ids, prompt_length)``,
+    trained from ``prompt_length`` on), with the prefix all of them share (the system prompt
+    and the tool schema: 290 of ~370 tokens here) computed once and its KV cache repeated over
+    the batch, not once per sequence. The same loss and gradient as the padded batch (tested),
+    4-5x fewer positions through the model."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    P = min(common_prefix_length([s for s, _ in seqs]), min(p for _, p in seqs))
+    B, W = len(seqs), max(len(s) for s, _ in seqs) - P
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([seqs[0][0][:P]]), cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(B)
+    ids = torch.full((B, W), pad_id, dtype=torch.long)
+    labels = torch.full((B, W), -100, dtype=torch.long)
+    att = torch.zeros((B, P + W), dtype=torch.long)
+    att[:, :P] = 1
+    for r, (s, p) in enumerate(seqs):
+        n = len(s) - P
+        ids[r, :n] = torch.tensor(s[P:])
+        att[r, P:P + n] = 1
+        labels[r, p - P:n] = torch.tensor(s[p:])
+    positions = torch.arange(P, P + W).expand(B, W)
+    return model(input_ids=ids, attention_mask=att, position_ids=positions, cache=cache, use_cache=True,
+                 labels=labels).loss
+
+
 def worker_warm(spec: dict, workdir: str) -> dict:
     """Supervised warm start on Hermes traces (call python, read the result, answer), so the
-    tool benchmark exercises real multi-turn tool calls on both sides. Cached by input."""
+    tool benchmark exercises real multi-turn tool calls on both sides. Cached by input.
+
+    AdamW at ``warm_lr`` (10% linear warm-up, then cosine to a tenth): the tiny model learned the
+    call format at a flat 3e-3, the small one did not (150 steps at 3e-3 gave garbled JSON and no
+    parseable call). Runs on every core: it is preparation, not measured."""
     import hashlib
+    import math
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from agentrl.model import cache_root
 
-    torch.set_num_threads(spec["threads"])
-    key = hashlib.sha256(json.dumps([spec["model"], spec["warm_steps"], spec["seed"], 2]).encode()).hexdigest()[:12]
+    torch.set_num_threads(max(spec["threads"], os.cpu_count() or 1))
+    lr = spec.get("warm_lr", 1e-3)
+    key = hashlib.sha256(json.dumps([spec["model"], spec["warm_steps"], spec["seed"], lr, 3]).encode()).hexdigest()[:12]
     out = cache_root() / f"bench-warm-{key}"
     meta = out / "warm.json"
     if meta.is_file():
@@ -88,32 +132,31 @@ def worker_warm(spec: dict, workdir: str) -> dict:
         ids = tok.encode(full.rstrip("\n"), add_special_tokens=False)
         seqs.append((ids, len(p_ids)))
     gen = torch.Generator().manual_seed(spec["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    steps = spec["warm_steps"]
+    warmup = max(1, steps // 10)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / warmup if t < warmup else
+                                              0.1 + 0.45 * (1 + math.cos(math.pi * (t - warmup) / max(1, steps - warmup))))
     model.train()
     t0 = time.perf_counter()
     loss_v = float("nan")
-    for step in range(spec["warm_steps"]):
+    for step in range(steps):
         idx = torch.randint(len(seqs), (16,), generator=gen).tolist()
-        width = max(len(seqs[i][0]) for i in idx)
-        ids = torch.full((16, width), tok.pad_token_id, dtype=torch.long)
-        labels = torch.full((16, width), -100, dtype=torch.long)
-        att = torch.zeros((16, width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            s, p = seqs[i]
-            ids[r, : len(s)] = torch.tensor(s)
-            att[r, : len(s)] = 1
-            labels[r, p : len(s)] = torch.tensor(s[p:])
-        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+        loss = shared_prefix_sft_loss(model, [seqs[i] for i in idx], tok.pad_token_id)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad()
         loss_v = loss.item()
+        if step % 10 == 0 or step == steps - 1:
+            print(f"warm start step {step + 1}/{steps} loss {loss_v:.3f} "
+                  f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".warm-"))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    info = {"steps": spec["warm_steps"], "loss": loss_v, "seconds": seconds}
+    info = {"steps": steps, "lr": lr, "loss": loss_v, "seconds": seconds}
     (tmp / "warm.json").write_text(json.dumps(info))
     try:
         os.replace(tmp, out)
@@ -122,4 +165,3 @@ def worker_warm(spec: dict, workdir: str) -> dict:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return {"ok": True, "model": str(out), **info}
-
