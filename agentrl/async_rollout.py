@@ -115,7 +115,8 @@ class AsyncRollouts:
         self.max_staleness = cfg.rollout.max_staleness
         ctx = torch.multiprocessing.get_context(start_method)
         self.shared = _shared_copy(state_dict)
-        self._push_wait_s = 0.0  # how long the last push waited for the batch in play (aliased worker)
+        self.last_push_wait_s = 0.0
+        """How long the last push waited for the batch in play (an aliased worker's): rollout wait, not push."""
         self.lock = ctx.Lock()
         self.version = ctx.Value("q", version, lock=False)
         self.push_id = ctx.Value("q", 0, lock=False)  # bumped by every push: the worker reloads when it moves
@@ -167,8 +168,7 @@ class AsyncRollouts:
         req, data_pos = self.pending.popleft()
         start = time.perf_counter()
         res = self._wait(req.id, f"step {step}'s batch")
-        wait_s = time.perf_counter() - start + self._push_wait_s  # an aliased worker's batch may be waited for in push()
-        self._push_wait_s = 0.0
+        wait_s = time.perf_counter() - start
         if step - res.version > self.max_staleness:  # cannot happen by construction; never train on it if it does
             raise RolloutWorkerError(f"step {step}'s batch was sampled with weights version {res.version}, older than "
                                      f"rollout.max_staleness={self.max_staleness} allows")
@@ -176,7 +176,8 @@ class AsyncRollouts:
         return Batch(step, req.tasks, req.seed, data_pos, res.trajectories, res.version, res.timing, wait_s)
 
     def push(self, state_dict: dict[str, torch.Tensor], version: int) -> float:
-        """Copy the new weights into the shared state dict as ``version``; returns the seconds taken."""
+        """Copy the new weights into the shared state dict as ``version``; returns the seconds the
+        copy took (the wait for the lock before it: ``last_push_wait_s``)."""
         start = time.perf_counter()
         with self._locked():  # an aliased worker holds it while it plays a batch: this waits for that batch
             locked = time.perf_counter()
@@ -185,7 +186,7 @@ class AsyncRollouts:
                     dst.copy_(state_dict[name])
             self.version.value = version
             self.push_id.value += 1
-        self._push_wait_s += locked - start  # counted as waiting for the batch (take()), not as pushing
+        self.last_push_wait_s = locked - start
         return time.perf_counter() - locked
 
     def restart(self, state_dict: dict[str, torch.Tensor], version: int, data_pos: int) -> None:

@@ -168,6 +168,8 @@ class GRPOTrainer:
             self._recover(record)
         else:
             record["time/weight_push_s"] = self._push()
+            if self.rollouts is not None:  # a push waits for the batch in play when the worker's module is the shared copy
+                record["time/wait_rollout_s"] += self.rollouts.last_push_wait_s
         record["time/step_s"] = time.perf_counter() - t0
         self._save_trajectories(trajs)
         return record

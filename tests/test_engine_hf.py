@@ -155,3 +155,41 @@ def test_num_threads_restored(engine, prompts):
     old = torch.get_num_threads()
     engine.generate(prompts[:1], SamplingParams(max_new_tokens=2))
     assert torch.get_num_threads() == old
+
+
+def test_shared_prefix_prefill_gives_the_same_completions_on_fewer_positions(path):
+    """``share_prefix``: identical prompts prefilled once, the prefix of all prompts once for the
+    batch. Same tokens (greedy and seeded sampling) and log-probs as the full prefill, far fewer
+    positions through the model."""
+    from agentrl.envs.python_tool import HERMES_SYSTEM_PROMPT
+    from agentrl.tools import PythonTool, tool_schema
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tools = [tool_schema(PythonTool(None))]
+
+    def chat(q):
+        msgs = [{"role": "system", "content": HERMES_SYSTEM_PROMPT}, {"role": "user", "content": q}]
+        return tok.encode(tok.apply_chat_template(msgs, tools=tools, add_generation_prompt=True, tokenize=False),
+                          add_special_tokens=False)
+
+    group = chat("What is 1234 * 5678?")
+    prompts = [group, group, chat("What is 12 * 3?"), chat("Where is the Nile river? Answer briefly please."), group]
+    model = AutoModelForCausalLM.from_pretrained(path)
+    positions = []
+    model.model.embed_tokens.register_forward_pre_hook(lambda _m, args: positions.append(args[0].numel()))
+    shared, full = HFEngine(model, tokenizer=tok, share_prefix=True), HFEngine(model, tokenizer=tok, share_prefix=False)
+    for sp in (SamplingParams(temperature=0.0, max_new_tokens=12), SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)):
+        positions.clear()
+        a = shared.generate(prompts, sp)
+        prefill_shared = positions[0] + positions[1]  # the shared prefix, then the distinct suffixes
+        positions.clear()
+        b = full.generate(prompts, sp)
+        prefill_full = positions[0]
+        assert [c.token_ids for c in a] == [c.token_ids for c in b]
+        for x, y in zip(a, b):
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+        assert prefill_full == len(prompts) * max(map(len, prompts))
+        assert prefill_shared < prefill_full / 3, (prefill_shared, prefill_full)
+    # identical prompts sample independently after the shared prefill
+    many = shared.generate([group] * 4, SamplingParams(temperature=1.0, max_new_tokens=12, seed=3))
+    assert len({tuple(c.token_ids) for c in many}) > 1
