@@ -43,6 +43,15 @@ def _cost(rows: int, width: int) -> float:
     return rows * width * (1.0 + width / 1024)
 
 
+def common_prefix_length(seqs) -> int:
+    """How many leading tokens all of ``seqs`` (sequences of token ids) share."""
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return n
+
+
 def attention_kind(model) -> str | None:
     config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) if config is not None else None

@@ -52,12 +52,6 @@ def test_hermes_trace_is_a_valid_tool_conversation():
     assert text.rstrip().endswith(f"<answer>{task['answer']}</answer><|im_end|>")
 
 
-def test_common_prefix_length():
-    assert common.common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert common.common_prefix_length([[1, 2], [1, 2]]) == 2
-    assert common.common_prefix_length([[7], [1]]) == 0
-
-
 def test_warm_start_loss_with_the_shared_prefix_equals_the_padded_batch():
     """The warm start computes the traces' common prefix once (its KV cache repeated over the
     batch): the loss and every parameter's gradient must be the padded batch's."""
@@ -65,6 +59,7 @@ def test_warm_start_loss_with_the_shared_prefix_equals_the_padded_batch():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from agentrl.model import cached_tiny_model
+    from agentrl.prefix_sharing import common_prefix_length
 
     path = cached_tiny_model("tiny")
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
@@ -76,7 +71,7 @@ def test_warm_start_loss_with_the_shared_prefix_equals_the_padded_batch():
         full = tok.apply_chat_template(msgs, tools=tools, tokenize=False)
         seqs.append((tok.encode(full, add_special_tokens=False), len(tok.encode(prompt, add_special_tokens=False))))
     seqs[1] = (seqs[1][0][:-3], seqs[1][1])  # unequal lengths: padding on the right
-    assert common.common_prefix_length([s for s, _ in seqs]) > 200  # the system prompt and the tool schema
+    assert common_prefix_length([s for s, _ in seqs]) > 200  # the system prompt and the tool schema
 
     def grads(loss):
         model.zero_grad()
@@ -95,6 +90,17 @@ def test_warm_start_loss_with_the_shared_prefix_equals_the_padded_batch():
     g_shared = grads(shared)
     assert shared.item() == pytest.approx(padded.item(), rel=1e-5)
     assert torch.allclose(g_shared, g_padded, rtol=1e-4, atol=1e-6)
+
+
+def test_warm_start_lr_defaults_by_size_and_an_explicit_one_wins():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bt.add_cli_args(parser)
+    assert bt._warm_lr(parser.parse_args([])) == 3e-3
+    assert bt._warm_lr(parser.parse_args(["--size", "small"])) == 1e-3
+    assert bt._warm_lr(parser.parse_args(["--model", "some/dir"])) == 1e-3
+    assert parser.parse_args(["--warm-start-lr", "5e-4"]).warm_start_lr == 5e-4
 
 
 def test_ratios_and_verdict():

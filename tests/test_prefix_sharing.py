@@ -131,3 +131,11 @@ def test_share_prefix_option_runs_the_model_on_fewer_tokens_for_the_same_update(
     assert rec_on["train/grad_norm"] > 0
     for k in w_on:  # the same step (Adam's first step is ~lr x sign(g): rounding flips a few tiny ones)
         assert (w_on[k] - w_off[k]).norm() <= 1e-3 * w_off[k].norm(), k
+
+
+def test_common_prefix_length():
+    from agentrl.prefix_sharing import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_length([(1, 2), (1, 2)]) == 2
+    assert common_prefix_length([[7], [1]]) == 0

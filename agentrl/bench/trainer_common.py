@@ -61,15 +61,6 @@ def hermes_trace(task: dict) -> list[dict]:
     ]
 
 
-def common_prefix_length(seqs: list[list[int]]) -> int:
-    """How many leading tokens all of ``seqs`` share."""
-    n = min(len(s) for s in seqs)
-    first = seqs[0]
-    for s in seqs[1:]:
-        n = next((i for i in range(n) if s[i] != first[i]), n)
-    return n
-
-
 def shared_prefix_sft_loss(model, seqs: list[tuple[list[int], int]], pad_id: int):
     """Mean next-token loss over the completion tokens of ``seqs`` (``(ids, prompt_length)``,
     trained from ``prompt_length`` on), with the prefix all of them share (the system prompt
@@ -78,6 +69,8 @@ def shared_prefix_sft_loss(model, seqs: list[tuple[list[int], int]], pad_id: int
     4-5x fewer positions through the model."""
     import torch
     from transformers.cache_utils import DynamicCache
+
+    from agentrl.prefix_sharing import common_prefix_length
 
     P = min(common_prefix_length([s for s, _ in seqs]), min(p for _, p in seqs))
     B, W = len(seqs), max(len(s) for s, _ in seqs) - P
@@ -102,9 +95,8 @@ def worker_warm(spec: dict, workdir: str) -> dict:
     """Supervised warm start on Hermes traces (call python, read the result, answer), so the
     tool benchmark exercises real multi-turn tool calls on both sides. Cached by input.
 
-    AdamW at ``warm_lr`` (10% linear warm-up, then cosine to a tenth): the tiny model learned the
-    call format at a flat 3e-3, the small one did not (150 steps at 3e-3 gave garbled JSON and no
-    parseable call). Runs on every core: it is preparation, not measured."""
+    AdamW at ``warm_lr`` (10% linear warm-up, then cosine to a tenth; the CLI's default depends on
+    the size, see ``trainer._warm_lr``). Runs on every core: it is preparation, not measured."""
     import hashlib
     import math
 

@@ -245,14 +245,13 @@ class HFEngine:
         suffix positioned after the prefix, so every token sees and is seen as in its own row."""
         from transformers import DynamicCache
 
+        from agentrl.prefix_sharing import common_prefix_length
+
         model, dev = self.model, self.device
         unique = list(dict.fromkeys(map(tuple, prompts))) if self.share_prefix else [tuple(p) for p in prompts]
         shared = 0
-        if self.share_prefix and len(unique) > 1:
-            shared = min(len(p) for p in unique) - 1
-            first = unique[0]
-            for p in unique[1:]:
-                shared = next((i for i in range(shared) if p[i] != first[i]), shared)
+        if self.share_prefix and len(unique) > 1:  # each prompt keeps its last token: its logits are needed
+            shared = min(common_prefix_length(unique), min(len(p) for p in unique) - 1)
         if shared < 16:  # too short to pay for a second forward
             shared = 0
         cache = DynamicCache(config=getattr(model, "config", None))
