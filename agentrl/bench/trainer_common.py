@@ -73,6 +73,8 @@ def shared_prefix_sft_loss(model, seqs: list[tuple[list[int], int]], pad_id: int
     from agentrl.prefix_sharing import common_prefix_length
 
     P = min(common_prefix_length([s for s, _ in seqs]), min(p for _, p in seqs))
+    if P == 0:
+        raise ValueError("shared_prefix_sft_loss: the sequences share no prefix (no common system prompt)")
     B, W = len(seqs), max(len(s) for s, _ in seqs) - P
     cache = DynamicCache(config=model.config)
     model(input_ids=torch.tensor([seqs[0][0][:P]]), cache=cache, use_cache=True)
