@@ -125,7 +125,7 @@ class AsyncRollouts:
         self._results, res_w = ctx.Pipe(duplex=False)
         spec = {"model_path": cfg.model.path, "num_threads": cfg.rollout.num_threads, "env_id": cfg.env.id,
                 "env_kwargs": env_kwargs(cfg), "collector": collector_config(cfg),
-                "alias_weights": self.max_staleness <= 1}
+                "alias_weights": self.max_staleness <= 1, "share_prefix": cfg.rollout.share_prefix}
         self.proc = ctx.Process(target=worker_main, name="agentrl-rollout-worker", daemon=True,
                                 args=(spec, self.shared, self.version, self.push_id, self.lock, self.cancel_below,
                                       req_r, res_w))
@@ -305,7 +305,7 @@ def worker_main(spec: dict, shared: dict[str, torch.Tensor], version, push_id, l
                 raise ValueError(f"shared weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
             model.tie_weights()  # re-point a tied output embedding at the (shared) input one
         engine = HFEngine(model, tokenizer=AutoTokenizer.from_pretrained(spec["model_path"]),
-                          num_threads=spec["num_threads"])
+                          num_threads=spec["num_threads"], share_prefix=spec["share_prefix"])
         collector = Collector(spec["env_id"], engine, spec["collector"], env_kwargs=spec["env_kwargs"])
     except Exception:
         results.send(RolloutResult(-1, error=traceback.format_exc()))

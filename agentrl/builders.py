@@ -60,7 +60,7 @@ def make_rollout_engine(cfg: TrainConfig, model, tokenizer, separate_copy: bool 
         model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=getattr(torch, cfg.model.dtype)).eval()
         model.requires_grad_(False)
     # Otherwise on CPU the rollout engine shares the policy module: no weight copy, no push.
-    return HFEngine(model, tokenizer=tokenizer, num_threads=cfg.rollout.num_threads)
+    return HFEngine(model, tokenizer=tokenizer, num_threads=cfg.rollout.num_threads, share_prefix=cfg.rollout.share_prefix)
 
 
 def _seed_everything(seed: int) -> None:

@@ -140,15 +140,20 @@ class RolloutConfig(_Strict):
     max_observation_tokens: int = Field(256, ge=8)
     tool_workers: int = Field(16, ge=1)
     num_threads: int = Field(1, ge=1, description="torch threads on CPU rollout paths")
+    share_prefix: bool = True
+    """``engine: hf``: the prefill computes identical prompts once and the prefix all prompts of a
+    batch share (system prompt, tool schemas) once, as vLLM's prefix caching does; the same
+    completions to float rounding. False: every prompt prefilled in full (``optim.share_prefix``
+    is the update's counterpart)."""
     vllm: dict[str, Any] | None = None
     """Options for VLLMEngine and vLLM's LLM(...) (gpu_memory_utilization, enforce_eager, ...); only with
     engine: vllm. ``weight_sync: memory`` (default: weight pushes through shared memory) or ``file``
     (through safetensors files, the fallback)."""
     mode: Literal["sync", "async"] = "sync"
     """``sync``: each step samples its batch with the current weights, then trains on it. ``async``
-    (``agentrl.async_rollout``, docs/async_rollouts.md): a rollout worker process with its own copy
-    of the policy samples the next batches while the trainer updates on this one; weights reach it
-    through shared memory after every optimiser step. Async defaults the off-policy correction to
+    (``agentrl.async_rollout``, docs/async_rollouts.md): a rollout worker process samples the next
+    batches while the trainer updates on this one; weights reach it through shared memory after
+    every optimiser step (with ``max_staleness`` <= 1 its module is that shared copy). Async defaults the off-policy correction to
     the decoupled objective (``algorithm.old_logprobs: recompute``, ``tis: token``) unless set."""
     max_staleness: int = Field(1, ge=0)
     """``async`` only: the trainer never trains at step t on a batch sampled with weights older than

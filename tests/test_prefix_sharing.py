@@ -139,3 +139,26 @@ def test_common_prefix_length():
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert common_prefix_length([(1, 2), (1, 2)]) == 2
     assert common_prefix_length([[7], [1]]) == 0
+
+
+def test_rollout_share_prefix_option_prefills_fewer_positions_for_the_same_episodes(tmp_path):
+    """``rollout.share_prefix``: the HF engine's prefill computes the group's prompt (and the
+    Hermes system prompt all prompts share) once; the episodes are the same, token for token."""
+    results = {}
+    for value in (True, False):
+        trainer = GRPOTrainer(tiny_cfg(tmp_path / str(value), f"rollout.share_prefix={value}",
+                                       "env.kwargs.tool_format=hermes", "env.kwargs.max_turns=2",
+                                       "rollout.max_total_tokens=400"))
+        try:
+            assert trainer.rollout.share_prefix is value
+            seen = []
+            hook = trainer.model.model.register_forward_pre_hook(
+                lambda module, args, kwargs: seen.append(int(kwargs["input_ids"].numel())), with_kwargs=True)
+            trajs = trainer.collector.collect(trainer.tasks[:2], 3, seed=5)
+            hook.remove()
+        finally:
+            trainer.close()
+        results[value] = sum(seen), [t.input_ids for t in trajs]
+    (positions_on, episodes_on), (positions_off, episodes_off) = results[True], results[False]
+    assert episodes_on == episodes_off
+    assert positions_on < positions_off / 2, (positions_on, positions_off)
